@@ -1,0 +1,24 @@
+"""Stage features: train the domain classifier (class verdicts, fast feature space)."""
+
+import numpy as np
+
+from ddpm.classifier import classifier_state, predict, train_classifier
+from ddpm.config import Config
+from ddpm.data import load_split
+from ddpm.io import save_torch, write_json
+from pipeline import paths
+from pipeline.stage import log, progress_enabled, run
+
+
+def features(cfg: Config) -> None:
+    train, test = load_split(paths.TRAIN_SPLIT), load_split(paths.TEST_SPLIT)
+    model = train_classifier(train.images, train.labels, cfg.features, seed=cfg.seed, progress=progress_enabled())
+    accuracy = float((predict(model, test.images).probs.argmax(1) == test.labels).mean())
+    save_torch(paths.CLASSIFIER, classifier_state(model))
+    write_json(paths.FEATURES_METRICS, {"classifier": {"test_accuracy": accuracy, "n_test": len(test),
+                                                       "n_train": len(train), "classes": int(np.max(train.labels)) + 1}})
+    log.info("domain classifier: %.2f%% accuracy on %d held-out images", 100 * accuracy, len(test))
+
+
+if __name__ == "__main__":
+    run(features)

@@ -1,0 +1,28 @@
+"""Where each stage reads and writes, relative to the project root. dvc.yaml names the same paths."""
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+
+PREPARED = Path("data/prepared")
+TRAIN_SPLIT = PREPARED / "train.npz"
+TEST_SPLIT = PREPARED / "test.npz"
+DATA_META = PREPARED / "meta.json"
+
+CLASSIFIER = Path("models/classifier.pt")
+CHECKPOINT = Path("models/checkpoint.pt")
+RESUME = Path("models/resume/train.pt")  # snapshots of a run in progress; not a DVC output
+
+SAMPLES = Path("samples/samples.npz")
+
+REPORTS = Path("reports")
+METRICS = REPORTS / "metrics"
+FEATURES_METRICS = METRICS / "features.json"
+TRAIN_METRICS = METRICS / "train.json"
+SAMPLE_METRICS = METRICS / "sample.json"
+EVALUATE_METRICS = METRICS / "evaluate.json"
+LOSS_CURVE = REPORTS / "plots" / "loss.csv"
+FIGURES = REPORTS / "figures"
+SAMPLE_GRID = FIGURES / "samples.png"
+LOSS_FIGURE = FIGURES / "loss.png"
+REPORT_MD = REPORTS / "report.md"

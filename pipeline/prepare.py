@@ -1,0 +1,21 @@
+"""Stage prepare: source images -> data/prepared/{train,test}.npz + meta.json."""
+
+from ddpm.config import Config
+from ddpm.data import describe, load_splits, save_split
+from ddpm.io import atomic_dir, write_json
+from pipeline import paths
+from pipeline.stage import log, run
+
+
+def prepare(cfg: Config) -> None:
+    splits = load_splits(cfg.data, cfg.seed)
+    with atomic_dir(paths.PREPARED) as out:
+        save_split(out / paths.TRAIN_SPLIT.name, splits.train)
+        save_split(out / paths.TEST_SPLIT.name, splits.test)
+        write_json(out / paths.DATA_META.name, describe(cfg.data, cfg.seed, splits))
+    log.info("prepared %s: %d train, %d held-out images of shape %s", cfg.data.source,
+             len(splits.train), len(splits.test), splits.train.images.shape[1:])
+
+
+if __name__ == "__main__":
+    run(prepare)

