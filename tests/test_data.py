@@ -1,0 +1,73 @@
+"""Data sources, the fixed held-out split, and clear errors for bad folders."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ddpm.config import DataConfig
+from ddpm.data import load_split, load_splits, save_split, stratified_split
+from ddpm.errors import DataError
+
+
+def write_images(root, sizes_by_class):
+    for cls, sizes in sizes_by_class.items():
+        (root / cls).mkdir(parents=True)
+        for i, (w, h) in enumerate(sizes):
+            Image.fromarray(np.full((h, w, 3), 40 * i, dtype=np.uint8)).save(root / cls / f"{i}.png")
+
+
+def test_embedded_mnist_split_is_fixed_stratified_and_disjoint():
+    cfg = DataConfig()
+    a, b = load_splits(cfg, seed=0), load_splits(cfg, seed=0)
+    assert a.train.images.shape == (4000, 28, 28, 1) and a.test.images.shape == (1000, 28, 28, 1)
+    assert a.train.images.dtype == np.uint8
+    np.testing.assert_array_equal(a.test.images, b.test.images)
+    assert np.bincount(a.test.labels).tolist() == [100] * 10
+    train_rows = {r.tobytes() for r in a.train.images}
+    assert sum(r.tobytes() in train_rows for r in a.test.images) < 5  # MNIST has a few duplicate digits
+    c = load_splits(cfg, seed=1)
+    assert not np.array_equal(a.test.images, c.test.images)
+
+
+def test_folder_source_reads_class_subfolders(tmp_path):
+    write_images(tmp_path, {"cats": [(8, 8)] * 5, "dogs": [(8, 8)] * 5})
+    splits = load_splits(DataConfig(source="folder", root=str(tmp_path), image_size=8, channels=3,
+                                    test_fraction=0.2), seed=0)
+    assert splits.train.class_names == ["cats", "dogs"]
+    assert len(splits.train) == 8 and len(splits.test) == 2
+    assert splits.train.images.shape[1:] == (8, 8, 3)
+
+
+def test_empty_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "empty_class").mkdir()
+    with pytest.raises(DataError, match="holds no images in class sub-folders"):
+        load_splits(DataConfig(source="folder", root=str(tmp_path), image_size=8), seed=0)
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist: set data.root"):
+        load_splits(DataConfig(source="folder", root=str(tmp_path / "nope"), image_size=8), seed=0)
+
+
+def test_mixed_sizes_are_a_clear_error(tmp_path):
+    write_images(tmp_path, {"a": [(8, 8), (16, 16)]})
+    with pytest.raises(DataError, match="mixes sizes.*resize all images to one size"):
+        load_splits(DataConfig(source="folder", root=str(tmp_path), image_size=8), seed=0)
+
+
+def test_size_and_channel_mismatch_name_the_key(tmp_path):
+    write_images(tmp_path, {"a": [(16, 16)] * 4, "b": [(16, 16)] * 4})
+    with pytest.raises(DataError, match="data.image_size = 8: set data.image_size: 16"):
+        load_splits(DataConfig(source="folder", root=str(tmp_path), image_size=8), seed=0)
+    with pytest.raises(DataError, match="set data.channels: 1"):
+        load_splits(DataConfig(channels=3), seed=0)
+
+
+def test_split_round_trips_through_npz(tmp_path):
+    splits = stratified_split(load_splits(DataConfig(limit=100), seed=0).train, 0.5, seed=0)
+    save_split(tmp_path / "x.npz", splits.train)
+    back = load_split(tmp_path / "x.npz")
+    np.testing.assert_array_equal(back.images, splits.train.images)
+    assert back.class_names == splits.train.class_names
+    with pytest.raises(DataError, match="run the prepare stage first"):
+        load_split(tmp_path / "missing.npz")

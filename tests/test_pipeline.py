@@ -1,0 +1,64 @@
+"""The whole DAG on the tiny profile in a temporary git copy: run, skip, re-run what changed."""
+
+import json
+import re
+import sys
+
+import pytest
+import yaml
+
+from tests.helpers import copy_project, run, use_profile
+
+STAGES = ["prepare", "features", "train", "sample", "evaluate", "report"]
+pytestmark = pytest.mark.slow
+
+
+def ran(output: str) -> list[str]:
+    return re.findall(r"Running stage '([\w-]+)'", output)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    project = copy_project(tmp_path_factory.mktemp("dag") / "p")
+    use_profile(project, "tiny")
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"]):
+        run(cmd, cwd=project)
+    return project
+
+
+def dvc(project, *args):
+    return run([sys.executable, "-m", "dvc", *args], cwd=project)
+
+
+def test_repro_runs_every_stage_and_writes_the_report(project):
+    out = dvc(project, "repro").stdout
+    assert sorted(ran(out)) == sorted(STAGES)
+    report = (project / "reports/report.md").read_text()
+    for needle in ["![samples](figures/samples.png)", "![loss curve](figures/loss.png)", "Fréchet distance",
+                   "## Parameters"]:
+        assert needle in report
+    evaluate = json.loads((project / "reports/metrics/evaluate.json").read_text())
+    assert evaluate["domain"]["n_samples"] == 24 and evaluate["coverage"]["n_samples"] == 24
+    meta = json.loads((project / "data/prepared/meta.json").read_text())
+    assert meta["counts"] == {"train": 160, "test": 40} and len(meta["sha256"]["train"]) == 64
+
+
+def test_second_repro_skips_everything(project):
+    out = dvc(project, "repro").stdout
+    assert ran(out) == []
+    assert out.count("didn't change, skipping") == len(STAGES)
+
+
+def test_changing_a_sampling_parameter_reruns_only_what_follows(project):
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params["sample"]["steps"] = 3
+    path.write_text(yaml.safe_dump(params))
+    diff = dvc(project, "params", "diff").stdout
+    assert "sample.steps" in diff
+    out = dvc(project, "repro").stdout
+    assert ran(out) == ["sample", "evaluate", "report"]
+    shown = dvc(project, "metrics", "show").stdout
+    assert "domain.fd" in shown and "train.images_per_s" in shown
+    assert json.loads((project / "reports/metrics/sample.json").read_text())["sample"]["steps"] == 3

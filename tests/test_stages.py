@@ -1,0 +1,86 @@
+"""Stage entry points on bad input: one line naming the problem and the fix, exit 2, nothing lost."""
+
+import sys
+
+import pytest
+import yaml
+
+from ddpm.io import atomic_path
+from tests.helpers import copy_project, run, use_profile
+
+
+@pytest.fixture()
+def project(tmp_path):
+    project = copy_project(tmp_path / "p")
+    use_profile(project, "tiny")
+    return project
+
+
+def set_param(project, group, key, value):
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params[group][key] = value
+    path.write_text(yaml.safe_dump(params))
+
+
+def stage(project, name):
+    return run([sys.executable, "-m", f"pipeline.{name}"], cwd=project, check=False)
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_bad_parameter_fails_before_any_output(project):
+    set_param(project, "train", "lr", -0.001)
+    assert_one_line_error(stage(project, "prepare"), "error: prepare: train.lr = -0.001 is out of range")
+    assert not (project / "data").exists()
+
+
+def test_unknown_key_and_source(project):
+    set_param(project, "sample", "stepz", 3)
+    assert_one_line_error(stage(project, "sample"), "unknown parameter sample.stepz", "did you mean sample.steps?")
+    set_param(project, "sample", "stepz", None)
+    del_params = yaml.safe_load((project / "params.yaml").read_text())
+    del del_params["sample"]["stepz"]
+    del_params["data"]["source"] = "svhn"
+    (project / "params.yaml").write_text(yaml.safe_dump(del_params))
+    assert_one_line_error(stage(project, "prepare"), "data.source = 'svhn' is not allowed")
+
+
+def test_failed_prepare_keeps_the_previous_output(project, tmp_path):
+    assert stage(project, "prepare").returncode == 0
+    meta = (project / "data/prepared/meta.json").read_text()
+    (tmp_path / "empty").mkdir()
+    set_param(project, "data", "source", "folder")
+    set_param(project, "data", "root", str(tmp_path / "empty"))
+    assert_one_line_error(stage(project, "prepare"), "holds no images")
+    assert (project / "data/prepared/meta.json").read_text() == meta
+    assert sorted(p.name for p in (project / "data").iterdir()) == ["prepared"]
+
+
+def test_stages_out_of_order_say_what_to_run(project):
+    assert_one_line_error(stage(project, "train"), "data/prepared/train.npz not found", "dvc repro prepare")
+    assert_one_line_error(stage(project, "sample"), "models/checkpoint.pt not found", "dvc repro train")
+
+
+def test_corrupt_checkpoint_is_reported(project):
+    (project / "models").mkdir()
+    (project / "models/checkpoint.pt").write_bytes(b"\x00" * 100)
+    assert_one_line_error(stage(project, "sample"), "cannot be read", "re-run the train stage")
+    assert not (project / "samples").exists()
+
+
+def test_atomic_path_leaves_the_old_file_when_the_writer_fails(tmp_path):
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]

@@ -1,0 +1,51 @@
+"""The U-Net: shapes for every supported input, time conditioning, SDPA attention."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ddpm.config import ModelConfig
+from ddpm.unet import UNet, timestep_embedding
+
+
+@pytest.mark.parametrize("size, channels, mult, attn", [
+    (28, 1, (1, 2, 2), (7,)), (32, 3, (1, 2, 2, 2), (16,)), (64, 3, (1, 2, 2, 2), (16, 8)), (32, 1, (1, 2), ()),
+])
+def test_output_shape_matches_input(size, channels, mult, attn):
+    cfg = ModelConfig(base_channels=8, channel_mult=mult, attention_resolutions=attn, norm_groups=4, num_heads=2)
+    model = UNet(cfg, size, channels)
+    x = torch.randn(2, channels, size, size)
+    assert model(x, torch.tensor([0, 999])).shape == x.shape
+
+
+def test_timestep_changes_the_output_once_trained_weights_are_nonzero():
+    torch.manual_seed(0)
+    model = UNet(ModelConfig(base_channels=8, norm_groups=4), 28, 1)
+    x = torch.randn(1, 1, 28, 28)
+    assert torch.count_nonzero(model(x, torch.tensor([5]))) == 0  # zero-initialised output conv
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    model.eval()
+    assert not torch.allclose(model(x, torch.tensor([5])), model(x, torch.tensor([500])))
+
+
+def test_timestep_embedding_is_sinusoidal():
+    emb = timestep_embedding(torch.tensor([0, 1]), 8)
+    assert emb.shape == (2, 8)
+    torch.testing.assert_close(emb[0], torch.tensor([0.0] * 4 + [1.0] * 4))
+    torch.testing.assert_close(emb[1, 0], torch.sin(torch.tensor(1.0)))
+
+
+def test_attention_goes_through_sdpa(monkeypatch):
+    calls = []
+    real = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    cfg = ModelConfig(base_channels=8, channel_mult=(1, 2), attention_resolutions=(14,), norm_groups=4, num_heads=2)
+    UNet(cfg, 28, 1)(torch.randn(3, 1, 28, 28), torch.tensor([1, 2, 3]))
+    # (batch, heads, tokens, head_dim): one call per block at 14x14 (1 down + 2 up) plus the middle
+    assert calls == [(3, 2, 14 * 14, 8)] * 4
