@@ -18,7 +18,8 @@ def run(stage: Callable[[Config], None]) -> None:
     """Load params.yaml and run `stage`; bad input ends in one line on stderr and exit code 2."""
     logging.basicConfig(level=os.environ.get("DDPM_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    name = stage.__module__.rsplit(".", 1)[-1]
+    name = os.path.splitext(os.path.basename(sys.argv[0]))[0] if stage.__module__ == "__main__" \
+        else stage.__module__.rsplit(".", 1)[-1]
     try:
         stage(load_config(PARAMS))
     except UserError as exc:
