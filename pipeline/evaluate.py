@@ -1,16 +1,19 @@
-"""Stage evaluate: sample quality against the held-out split -> reports/metrics/evaluate.json."""
+"""Stage evaluate: FID, KID, precision/recall per feature space with data floors, and class coverage."""
+
+import time
 
 import numpy as np
-import torch
 
-from ddpm.classifier import classifier_from_state
 from ddpm.config import Config
 from ddpm.data import load_split
 from ddpm.errors import DataError
-from ddpm.evaluation import evaluate_domain
+from ddpm.evaluation import check_samples, coverage, evaluate_space
+from ddpm.feature_spaces import extract
 from ddpm.io import write_json
+from ddpm.train import resolve_device
 from pipeline import paths
-from pipeline.stage import log, run
+from pipeline.spaces import feature_space, load_reference
+from pipeline.stage import log, progress_enabled, run
 
 
 def load_samples(path=paths.SAMPLES) -> np.ndarray:
@@ -21,17 +24,28 @@ def load_samples(path=paths.SAMPLES) -> np.ndarray:
 
 
 def evaluate(cfg: Config) -> None:
-    samples = load_samples()
-    train, test = load_split(paths.TRAIN_SPLIT), load_split(paths.TEST_SPLIT)
-    if not paths.CLASSIFIER.is_file():
-        raise DataError(f"{paths.CLASSIFIER} not found: run the features stage first (dvc repro features)")
-    classifier = classifier_from_state(torch.load(paths.CLASSIFIER, map_location="cpu", weights_only=True))
-    metrics = evaluate_domain(classifier, samples, train, test, cfg.evaluate.confidence, seed=cfg.seed)
+    samples, test = load_samples(), load_split(paths.TEST_SPLIT)
+    check_samples(samples, test.images.shape[1:])
+    refs = {name: load_reference(cfg, name) for name in cfg.evaluate.spaces}  # fail before the slow part
+    device = str(resolve_device(cfg.train.device))
+    metrics: dict = {}
+    for name, ref in refs.items():
+        space = feature_space(cfg, name)
+        t0 = time.perf_counter()
+        feats = extract(space, samples, device=device, batch_size=cfg.evaluate.batch_size,
+                        progress=progress_enabled())
+        metrics[name] = evaluate_space(feats, ref, space.primary, cfg.evaluate, seed=cfg.seed)
+        metrics[name]["wall_s"] = time.perf_counter() - t0
+        if name == "domain":
+            metrics["coverage"] = coverage(feats["logits"], test.labels, test.class_names, cfg.evaluate.confidence)
+        m = metrics[name]
+        log.info("%s: FID %.3f (floor %.3f), KID %.4f, precision %.3f, recall %.3f at N=%d in %.1f s", name,
+                 m["fid"], m["floor"]["fid"], m["kid_mean"], m["precision"], m["recall"], m["n_samples"], m["wall_s"])
     write_json(paths.EVALUATE_METRICS, metrics)
-    d, c = metrics["domain"], metrics["coverage"]
-    log.info("domain FD %.3f (data floor %.3f, N=%d); %.1f%% confidently classified; missing classes: %s",
-             d["fd"], d["fd_data_floor"], d["n_samples"], 100 * c["confident_share"],
-             ", ".join(c["missing_classes"]) or "none")
+    if "coverage" in metrics:
+        c = metrics["coverage"]
+        log.info("%.1f%% confidently classified; missing classes: %s", 100 * c["confident_share"],
+                 ", ".join(c["missing_classes"]) or "none")
 
 
 if __name__ == "__main__":

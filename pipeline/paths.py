@@ -15,14 +15,24 @@ RESUME = Path("models/resume/train.pt")  # snapshots of a run in progress; not a
 
 SAMPLES = Path("samples/samples.npz")
 
+REFERENCE = Path("data/reference")  # real-image features per feature space
+
+
+def reference_file(space: str) -> Path:
+    return REFERENCE / f"{space}.npz"
+
+
 REPORTS = Path("reports")
 METRICS = REPORTS / "metrics"
 FEATURES_METRICS = METRICS / "features.json"
 TRAIN_METRICS = METRICS / "train.json"
 SAMPLE_METRICS = METRICS / "sample.json"
 EVALUATE_METRICS = METRICS / "evaluate.json"
+SWEEP_METRICS = METRICS / "sweep.json"
+SWEEP_TABLE = REPORTS / "plots" / "sampler_sweep.csv"
 LOSS_CURVE = REPORTS / "plots" / "loss.csv"
 FIGURES = REPORTS / "figures"
 SAMPLE_GRID = FIGURES / "samples.png"
 LOSS_FIGURE = FIGURES / "loss.png"
 REPORT_MD = REPORTS / "report.md"
+REPORT_HTML = REPORTS / "report.html"

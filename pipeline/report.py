@@ -1,4 +1,4 @@
-"""Stage report: reports/report.md with the sample grid, the loss curve, metrics and parameters."""
+"""Stage report: report.md and report.html with the sample grid, loss curve, metrics and parameters."""
 
 import csv
 import json
@@ -6,7 +6,7 @@ import json
 from ddpm.config import Config
 from ddpm.errors import DataError
 from ddpm.io import write_text
-from ddpm.report import render_markdown, save_loss_plot
+from ddpm.report import render_html, render_markdown, save_loss_plot
 from pipeline import paths
 from pipeline.stage import log, run
 
@@ -19,7 +19,7 @@ def _read_json(path) -> dict:
 
 def report(cfg: Config) -> None:
     metrics = {p.stem: _read_json(p) for p in (paths.FEATURES_METRICS, paths.TRAIN_METRICS,
-                                               paths.SAMPLE_METRICS, paths.EVALUATE_METRICS)}
+                                               paths.SAMPLE_METRICS, paths.EVALUATE_METRICS, paths.SWEEP_METRICS)}
     with open(paths.LOSS_CURVE, newline="") as f:
         history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
     save_loss_plot(paths.LOSS_FIGURE, history)
@@ -29,7 +29,8 @@ def report(cfg: Config) -> None:
         loss_plot=paths.LOSS_FIGURE.relative_to(paths.REPORTS).as_posix(),
     )
     write_text(paths.REPORT_MD, text)
-    log.info("wrote %s", paths.REPORT_MD)
+    write_text(paths.REPORT_HTML, render_html(text))
+    log.info("wrote %s and %s", paths.REPORT_MD, paths.REPORT_HTML)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import yaml
 
 from tests.helpers import copy_project, run, use_profile
 
-STAGES = ["prepare", "features", "train", "sample", "evaluate", "report"]
+STAGES = ["prepare", "features", "reference", "train", "sample", "evaluate", "sweep", "report"]
 pytestmark = pytest.mark.slow
 
 
@@ -35,15 +35,29 @@ def test_repro_runs_every_stage_and_writes_the_report(project):
     out = dvc(project, "repro").stdout
     assert sorted(ran(out)) == sorted(STAGES)
     report = (project / "reports/report.md").read_text()
-    for needle in ["![samples](figures/samples.png)", "![loss curve](figures/loss.png)", "Fréchet distance",
+    for needle in ["![samples](figures/samples.png)", "![loss curve](figures/loss.png)", "| FID ↓ | domain | 24 vs",
+                   "| KID ↓ | domain |", "## FID against the sampler", "| ddpm | 50 |", "| ddim | 4 |",
                    "## Parameters"]:
         assert needle in report
+    html = (project / "reports/report.html").read_text()
+    assert "<table>" in html and '<img alt="samples" src="figures/samples.png"' in html
     evaluate = json.loads((project / "reports/metrics/evaluate.json").read_text())
-    assert evaluate["domain"]["n_samples"] == 24 and evaluate["coverage"]["n_samples"] == 24
+    domain = evaluate["domain"]
+    assert domain["n_samples"] == 24 and evaluate["coverage"]["n_samples"] == 24
+    assert domain["floor"]["n_samples"] == 24 and domain["n_reference"] == meta_counts(project)["test"]
+    assert domain["fid"] > domain["floor"]["fid"]  # 6 training steps give noise, far from real images
+    for key in ("kid_mean", "kid_std", "precision", "recall"):
+        assert key in domain and key in domain["floor"]
+    sweep = (project / "reports/plots/sampler_sweep.csv").read_text().splitlines()
+    assert sweep[0].startswith("sampler,steps,space,fid") and len(sweep) == 1 + 3  # ddim 2, ddim 4, ddpm 50
     meta = json.loads((project / "data/prepared/meta.json").read_text())
     counts = meta["counts"]  # limit 200, test_fraction 0.2, rounded per class (stratified)
     assert counts["train"] + counts["test"] == 200 and 35 <= counts["test"] <= 45
     assert len(meta["sha256"]["train"]) == 64
+
+
+def meta_counts(project):
+    return json.loads((project / "data/prepared/meta.json").read_text())["counts"]
 
 
 def test_second_repro_skips_everything(project):
@@ -62,5 +76,5 @@ def test_changing_a_sampling_parameter_reruns_only_what_follows(project):
     out = dvc(project, "repro").stdout
     assert ran(out) == ["sample", "evaluate", "report"]
     shown = dvc(project, "metrics", "show").stdout
-    assert "domain.fd" in shown and "train.images_per_s" in shown
+    assert "domain.fid" in shown and "domain.floor.kid_mean" in shown and "train.images_per_s" in shown
     assert json.loads((project / "reports/metrics/sample.json").read_text())["sample"]["steps"] == 3

@@ -147,12 +147,49 @@ class FeaturesConfig:
         _check(self.width >= 4, "features.width", self.width, ">= 4")
 
 
+FeatureSpaceName = Literal["domain", "inception"]
+
+
 @dataclass(frozen=True)
 class EvaluateConfig:
+    """FID, KID, precision/recall in each feature space against the held-out split; coverage."""
+
+    spaces: tuple[FeatureSpaceName, ...] = ("domain", "inception")
+    inception_weights: Literal["fid-helper", "torch-fidelity"] = "fid-helper"  # the offline package, or torch-fidelity's download
+    kid_subset_size: int = 500  # images per KID subset (at most the smaller set's size)
+    kid_subsets: int = 100
+    pr_k: int = 3  # k of the k-NN manifolds of precision and recall
+    batch_size: int = 50  # feature-extraction batch
     confidence: float = 0.9  # a sample is "confidently classified" above this probability
 
     def validate(self) -> None:
+        _check(len(self.spaces) >= 1 and len(set(self.spaces)) == len(self.spaces), "evaluate.spaces",
+               list(self.spaces), 'a non-empty list of distinct spaces from "domain", "inception"')
+        _check(self.kid_subset_size >= 2, "evaluate.kid_subset_size", self.kid_subset_size, ">= 2")
+        _check(self.kid_subsets >= 1, "evaluate.kid_subsets", self.kid_subsets, ">= 1")
+        _check(self.pr_k >= 1, "evaluate.pr_k", self.pr_k, ">= 1")
+        _check(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, ">= 1")
         _check(0.0 < self.confidence < 1.0, "evaluate.confidence", self.confidence, "in (0, 1)")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """FID against the sampler: DDIM at each step count, and DDPM with all T steps."""
+
+    ddim_steps: tuple[int, ...] = (10, 20, 50, 100)
+    ddpm: bool = True  # include ancestral DDPM sampling with all T steps
+    num_samples: int = 250  # per row; FID is biased upward at small N, so compare rows at equal N
+    space: FeatureSpaceName = "domain"
+    batch_size: int = 250
+    seed: int = 2
+
+    def validate(self) -> None:
+        _check(all(s >= 1 for s in self.ddim_steps), "sweep.ddim_steps", list(self.ddim_steps),
+               "a list of step counts >= 1")
+        _check(len(self.ddim_steps) > 0 or self.ddpm, "sweep.ddim_steps", list(self.ddim_steps),
+               "at least one step count when sweep.ddpm is false")
+        _check(self.num_samples >= 2, "sweep.num_samples", self.num_samples, ">= 2 (a covariance needs two)")
+        _check(self.batch_size >= 1, "sweep.batch_size", self.batch_size, ">= 1")
 
 
 @dataclass(frozen=True)
@@ -165,6 +202,7 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -185,6 +223,13 @@ class Config:
                     f"model.attention_resolutions contains {res}, which is not a U-Net resolution "
                     f"for image_size {self.data.image_size}: choose from {sorted(resolutions)}"
                 )
+
+        n, ev = self.sample.num_samples, self.evaluate
+        if n < ev.kid_subset_size or n <= ev.pr_k:
+            raise ConfigError(
+                f"sample.num_samples = {n} is too few for evaluate.kid_subset_size = {ev.kid_subset_size} and "
+                f"evaluate.pr_k = {ev.pr_k}: raise sample.num_samples or lower those two"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))

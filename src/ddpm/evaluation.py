@@ -1,40 +1,104 @@
-"""Evaluation in the `domain` feature space: Frechet distance with its data floor, class coverage."""
+"""Evaluation in each feature space: FID, KID, precision/recall, the data floor; class coverage.
+
+The held-out images' features (the reference) are computed once; each evaluation extracts
+only the samples' features. Every number carries its feature space and its N. The data floor
+is the same metric between real training images and the held-out split at the same N: the
+best score any generator can expect at that sample count.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
+from scipy.special import softmax
 
-from ddpm.classifier import DomainClassifier, predict
-from ddpm.data import Dataset
+from ddpm.config import EvaluateConfig
 from ddpm.errors import DataError
-from ddpm.metrics import class_coverage, frechet_distance, gaussian_stats
+from ddpm.feature_spaces import FeatureSpace, extract
+from ddpm.io import save_npz
+from ddpm.metrics import class_coverage, frechet_distance, gaussian_stats, kid, precision_recall
 
 
-def check_samples(samples: np.ndarray, reference: np.ndarray) -> None:
-    if samples.dtype != np.uint8 or samples.ndim != 4:
-        raise DataError(f"samples must be uint8 (N, H, W, C), got {samples.dtype} {samples.shape}: re-run sample")
-    if samples.shape[1:] != reference.shape[1:]:
-        raise DataError(f"samples are {samples.shape[1:]} (H, W, C) but the data is {reference.shape[1:]}: "
+def check_samples(samples: np.ndarray, image_shape: tuple[int, ...]) -> None:
+    """Samples must be uint8 (N, H, W, C) images of the data's shape."""
+    if samples.ndim != 4:
+        raise DataError(f"samples have shape {samples.shape}, expected (N, H, W, C) images: re-run sample")
+    if samples.dtype != np.uint8:
+        bad = "NaN or inf" if not np.isfinite(samples).all() else f"values in [{samples.min():.3g}, {samples.max():.3g}]"
+        raise DataError(f"samples are {samples.dtype} with {bad}, expected uint8 in [0, 255]: re-run sample "
+                        "(a diverged checkpoint gives NaN: retrain with a lower train.lr)")
+    if samples.shape[1:] != tuple(image_shape):
+        raise DataError(f"samples are {samples.shape[1:]} (H, W, C) but the data is {tuple(image_shape)}: "
                         "re-run train and sample after changing data parameters")
     if len(samples) < 2:
         raise DataError(f"{len(samples)} sample(s) cannot give a covariance: set sample.num_samples >= 2")
 
 
-def evaluate_domain(classifier: DomainClassifier, samples: np.ndarray, train: Dataset, test: Dataset,
-                    confidence: float, seed: int = 0) -> dict:
-    """FD(samples, test) and the floor FD(real train images, test) at the same N; class coverage."""
-    check_samples(samples, test.images)
-    n = min(len(samples), len(train))
-    floor_idx = np.random.default_rng(seed).permutation(len(train))[:n]
-    generated, held_out = predict(classifier, samples), predict(classifier, test.images)
-    real = predict(classifier, train.images[floor_idx])
-    ref_stats = gaussian_stats(held_out.features)
+@dataclass
+class Reference:
+    """Real-image features in one space: the held-out split and the floor's training images."""
+
+    space: str
+    weights: str  # which network/weights produced them (the report names it)
+    test: dict[str, np.ndarray]
+    floor: dict[str, np.ndarray]
+
+    def save(self, path: str | Path) -> None:
+        arrays = {f"test__{k}": v for k, v in self.test.items()} | {f"floor__{k}": v for k, v in self.floor.items()}
+        save_npz(path, space=np.array(self.space), weights=np.array(self.weights), **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Reference:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path} not found: run the reference stage first (dvc repro reference)")
+        with np.load(path) as z:
+            split = {"test": {}, "floor": {}}
+            for key in z.files:
+                if "__" in key:
+                    part, name = key.split("__", 1)
+                    split[part][name] = z[key]
+            return cls(str(z["space"]), str(z["weights"]), split["test"], split["floor"])
+
+
+def compute_reference(space: FeatureSpace, test_images: np.ndarray, floor_images: np.ndarray, *,
+                      device: str = "cpu", batch_size: int = 50, progress: bool = False) -> Reference:
+    return Reference(space.name, space.weights_label,
+                     extract(space, test_images, device=device, batch_size=batch_size, progress=progress),
+                     extract(space, floor_images, device=device, batch_size=batch_size, progress=progress))
+
+
+def compare(generated: np.ndarray, real: np.ndarray, cfg: EvaluateConfig, seed: int = 0) -> dict[str, float]:
+    """FID, KID (mean, std) and precision/recall of one feature set against another."""
+    kid_mean, kid_std = kid(generated, real, cfg.kid_subset_size, cfg.kid_subsets, seed)
+    precision, recall = precision_recall(generated, real, cfg.pr_k)
+    return {"fid": frechet_distance(gaussian_stats(generated), gaussian_stats(real)),
+            "kid_mean": kid_mean, "kid_std": kid_std, "precision": precision, "recall": recall}
+
+
+def evaluate_space(generated: dict[str, np.ndarray], ref: Reference, feature: str, cfg: EvaluateConfig,
+                   seed: int = 0) -> dict:
+    """Metrics of the samples against the held-out split, with the data floor at the same N."""
+    samples, test, floor = generated[feature], ref.test[feature], ref.floor[feature]
+    n_floor = min(len(samples), len(floor))
     return {
-        "domain": {
-            "fd": frechet_distance(gaussian_stats(generated.features[:n]), ref_stats),
-            "fd_data_floor": frechet_distance(gaussian_stats(real.features), ref_stats),
-            "n_samples": int(n), "n_reference": len(test),
-        },
-        "coverage": {"n_samples": len(samples),
-                     **class_coverage(generated.probs, test.labels, test.class_names, confidence)},
+        "weights": ref.weights, "n_samples": len(samples), "n_reference": len(test),
+        **compare(samples, test, cfg, seed),
+        "floor": {"n_samples": n_floor, **compare(floor[:n_floor], test, cfg, seed)},
     }
+
+
+def fid_with_floor(generated: dict[str, np.ndarray], ref: Reference, feature: str) -> dict:
+    """FID only (the sampler sweep): samples against the held-out split, and the floor at the same N."""
+    samples, test = generated[feature], gaussian_stats(ref.test[feature])
+    n_floor = min(len(samples), len(ref.floor[feature]))
+    return {"fid": frechet_distance(gaussian_stats(samples), test), "n_samples": len(samples),
+            "fid_floor": frechet_distance(gaussian_stats(ref.floor[feature][:n_floor]), test), "n_floor": n_floor}
+
+
+def coverage(logits: np.ndarray, test_labels: np.ndarray, class_names: list[str], confidence: float) -> dict:
+    """Class verdicts of the domain classifier on the samples against the data's class shares."""
+    probs = softmax(np.asarray(logits, dtype=np.float64), axis=1)
+    return {"n_samples": len(probs), **class_coverage(probs, test_labels, class_names, confidence)}

