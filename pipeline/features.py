@@ -4,7 +4,7 @@ import numpy as np
 
 from ddpm.classifier import classifier_state, predict, train_classifier
 from ddpm.config import Config
-from ddpm.data import load_split
+from ddpm.data import floor_indices, load_split
 from ddpm.io import save_torch, write_json
 from pipeline import paths
 from pipeline.stage import log, progress_enabled, run
@@ -12,6 +12,9 @@ from pipeline.stage import log, progress_enabled, run
 
 def features(cfg: Config) -> None:
     train, test = load_split(paths.TRAIN_SPLIT), load_split(paths.TEST_SPLIT)
+    keep = np.ones(len(train), dtype=bool)
+    keep[floor_indices(len(train), len(test), cfg.seed)] = False  # the floor's real images stay unseen
+    train = train.subset(keep)
     model = train_classifier(train.images, train.labels, cfg.features, seed=cfg.seed, progress=progress_enabled())
     accuracy = float((predict(model, test.images).probs.argmax(1) == test.labels).mean())
     save_torch(paths.CLASSIFIER, classifier_state(model))

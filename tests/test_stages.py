@@ -2,6 +2,7 @@
 
 import sys
 
+import numpy as np
 import pytest
 import yaml
 
@@ -81,3 +82,19 @@ def test_atomic_path_leaves_the_old_file_when_the_writer_fails(tmp_path):
             raise RuntimeError("killed")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_evaluate_refuses_bad_samples_and_writes_no_metrics(project):
+    for name in ("prepare", "features", "reference"):
+        assert stage(project, name).returncode == 0, name
+    assert sorted(p.name for p in (project / "data/reference").iterdir()) == ["domain.npz"]
+    (project / "samples").mkdir()
+    np.savez(project / "samples/samples.npz", images=np.full((24, 28, 28, 1), np.nan, np.float32))
+    assert_one_line_error(stage(project, "evaluate"), "error: evaluate: samples are float32 with NaN or inf",
+                          "re-run sample")
+    np.savez(project / "samples/samples.npz", images=np.zeros((24, 32, 32, 1), np.uint8))
+    assert_one_line_error(stage(project, "evaluate"), "re-run train and sample")
+    set_param(project, "sample", "num_samples", 8)  # fewer than evaluate.kid_subset_size = 10
+    assert_one_line_error(stage(project, "evaluate"), "sample.num_samples = 8 is too few",
+                          "evaluate.kid_subset_size = 10")
+    assert not (project / "reports/metrics/evaluate.json").exists()

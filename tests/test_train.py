@@ -90,3 +90,13 @@ def test_bf16_autocast_trains(images):
     cfg = dataclasses.replace(CFG, train=dataclasses.replace(CFG.train, precision="bf16", steps=2))
     result = train(cfg, images, progress=False)
     assert result.stats["precision"] == "bf16" and np.isfinite(result.stats["final_loss"])
+
+
+def test_lr_schedule_warms_up_then_holds_or_anneals():
+    from ddpm.train import lr_lambda
+
+    constant, cosine = lr_lambda(10, 110, "constant"), lr_lambda(10, 110, "cosine")
+    assert [constant(s) for s in (0, 4, 9, 50, 109)] == [0.1, 0.5, 1.0, 1.0, 1.0]
+    assert cosine(9) == 1.0 and cosine(10) == 1.0
+    assert cosine(60) == pytest.approx(0.5) and cosine(110) == pytest.approx(0.0, abs=1e-12)
+    assert all(cosine(s) >= cosine(s + 1) for s in range(10, 110))

