@@ -6,7 +6,7 @@ import io
 from ddpm.config import Config
 from ddpm.data import load_split
 from ddpm.io import write_json, write_text
-from ddpm.train import save_checkpoint, train
+from ddpm.train import distributed_from_env, save_checkpoint, train
 from pipeline import paths
 from pipeline.stage import log, progress_enabled, run
 
@@ -14,6 +14,8 @@ from pipeline.stage import log, progress_enabled, run
 def train_stage(cfg: Config) -> None:
     data = load_split(paths.TRAIN_SPLIT)
     result = train(cfg, data.images, resume_path=paths.RESUME, progress=progress_enabled())
+    if not distributed_from_env().is_main:  # under torchrun only rank 0 writes
+        return
     save_checkpoint(paths.CHECKPOINT, result.checkpoint)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["step", "loss", "lr", "images_per_s"])

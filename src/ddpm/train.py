@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ddpm.config import Config, ModelConfig, config_from_dict
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.errors import CheckpointError
+from ddpm.errors import CheckpointError, ConfigError
 from ddpm.io import save_torch
 from ddpm.unet import UNet, count_parameters
 
@@ -74,6 +74,42 @@ def to_model_input(batch_uint8: torch.Tensor) -> torch.Tensor:
 def to_uint8_images(x: torch.Tensor) -> np.ndarray:
     """float NCHW in [-1, 1] -> uint8 NHWC."""
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+# ---------------------------------------------------------------------------- processes
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place under torchrun (rank 0 of 1 without it)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def distributed_from_env() -> Distributed:
+    """torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; plain `python` sets none of them."""
+    import os
+
+    return Distributed(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                       int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init_distributed(dist_info: Distributed, device: torch.device) -> torch.device:
+    """Join the process group (NCCL on GPUs, gloo on CPUs); each rank takes its own GPU."""
+    if dist_info.world_size == 1:
+        return device
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
 
 
 # ---------------------------------------------------------------------------- state
@@ -141,7 +177,12 @@ def train(
     snapshot is there, training continues from it. `max_steps` stops early (for tests of resume).
     """
     tc = cfg.train
-    device = resolve_device(tc.device)
+    ddp = distributed_from_env()
+    if tc.batch_size % ddp.world_size:
+        raise ConfigError(f"train.batch_size = {tc.batch_size} cannot be split across {ddp.world_size} processes: "
+                          f"use a multiple of {ddp.world_size}")
+    device = init_distributed(ddp, resolve_device(tc.device))
+    local = slice(ddp.rank * tc.batch_size // ddp.world_size, (ddp.rank + 1) * tc.batch_size // ddp.world_size)
     amp_dtype = autocast_dtype(tc.precision, device)
     torch.manual_seed(cfg.seed)
     if device.type == "cuda":
@@ -177,7 +218,12 @@ def train(
         else:
             log.info("ignoring %s: it was written for other parameters", resume_path)
 
-    forward = torch.compile(model) if tc.compile else model
+    forward = model
+    if ddp.world_size > 1:  # gradients are averaged over ranks: the same update as one process on the global batch
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    forward = torch.compile(forward) if tc.compile else forward
     n_params = count_parameters(model)
     log.info("U-Net with %.2fM parameters on %s, %s", n_params / 1e6, device, amp_dtype or "fp32")
 
@@ -194,15 +240,26 @@ def train(
     model.train()
     window_loss, window_n, window_t0 = 0.0, 0, time.perf_counter()
     run_t0, run_images = time.perf_counter(), 0
-    bar = tqdm(total=tc.steps, initial=step, desc="train", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=tc.steps, initial=step, desc="train", disable=not (progress and ddp.is_main),
+               dynamic_ncols=True)
     while step < stop:
-        x0 = to_model_input(data[sampler.next().to(device)])
+        # Every rank draws the whole global batch (indices, flips, t, noise) from identically seeded
+        # generators and keeps its own slice, so N processes see exactly one process's batches.
+        x0 = to_model_input(data[sampler.next()[local].to(device)])
         if tc.hflip:
-            flip = torch.rand(x0.shape[0], generator=flip_gen) < 0.5
+            flip = (torch.rand(tc.batch_size, generator=flip_gen) < 0.5)[local]
             x0 = torch.where(flip.to(device)[:, None, None, None], x0.flip(3), x0)
+        t = torch.randint(0, diffusion.num_timesteps, (tc.batch_size,), device=device)[local]
+        noise = torch.randn((tc.batch_size, *x0.shape[1:]), device=device)[local]
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            loss = diffusion.training_loss(forward, x0)
-        if not torch.isfinite(loss):
+            loss = diffusion.training_loss(forward, x0, t, noise)
+        if ddp.world_size > 1:  # log the global batch's loss, as one process would
+            global_loss = loss.detach().clone()
+            torch.distributed.all_reduce(global_loss)
+            global_loss /= ddp.world_size
+        else:
+            global_loss = loss.detach()
+        if not torch.isfinite(global_loss):
             raise FloatingPointError(f"training loss is {loss.item()} at step {step}: lower train.lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -211,9 +268,9 @@ def train(
         scheduler.step()
         ema.update_parameters(model)
         step += 1
-        window_loss += loss.item()
+        window_loss += global_loss.item()
         window_n += 1
-        run_images += x0.shape[0]
+        run_images += tc.batch_size
         if step % tc.log_every == 0 or step == stop:
             elapsed = time.perf_counter() - window_t0
             row = {"step": step, "loss": window_loss / window_n, "lr": scheduler.get_last_lr()[0],
@@ -222,7 +279,7 @@ def train(
             bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
             window_loss, window_n, window_t0 = 0.0, 0, time.perf_counter()
         bar.update(1)
-        if resume_path is not None and (step % tc.checkpoint_every == 0 or step == stop):
+        if ddp.is_main and resume_path is not None and (step % tc.checkpoint_every == 0 or step == stop):
             save_torch(resume_path, snapshot())
     bar.close()
 
@@ -231,7 +288,7 @@ def train(
         "steps": step, "parameters": n_params, "wall_s": wall,
         "images_per_s": run_images / wall if wall > 0 else math.nan,
         "final_loss": history[-1]["loss"] if history else math.nan,
-        "device": str(device), "precision": "bf16" if amp_dtype else "fp32",
+        "device": str(device), "precision": "bf16" if amp_dtype else "fp32", "processes": ddp.world_size,
     }
     return TrainResult(model=model, ema=ema.module, step=step, history=history, stats=stats, checkpoint=snapshot())
 
