@@ -32,3 +32,33 @@ test: $(STAMP)
 # make profile NAME=tiny|default|cifar10-gpu  (rewrites params.yaml)
 profile: $(STAMP)
 	$(BIN)/python -m pipeline.profile $(NAME)
+
+# Prefect (README, "Scheduled retraining"): the server and UI on 127.0.0.1, then, in a second
+# shell, the deployments served from this checkout. State lives in $PREFECT_HOME (~/.prefect).
+PREFECT_PORT ?= 4200
+.PHONY: prefect-server serve-flows
+
+prefect-server: $(STAMP)
+	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)  (API: http://127.0.0.1:$(PREFECT_PORT)/api)"
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+serve-flows: $(STAMP)
+	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(BIN)/python -m pipeline.deployments
+
+# MLflow (README, "Experiment tracking and registry"): the UI over the project's tracking database
+# (sqlite:///mlflow.db, artifacts in mlruns/), and the champion generator served on 127.0.0.1.
+# serve-model resolves the alias through MLFLOW_TRACKING_URI when it is set (a server has its own UI).
+MLFLOW_PORT ?= 5000
+SERVE_PORT ?= 5001
+MLFLOW_MODEL ?= ddpm-generator
+.PHONY: mlflow-ui serve-model
+
+mlflow-ui: $(STAMP)
+	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)  (backend sqlite:///mlflow.db; Ctrl-C stops it)"
+	MLFLOW_DISABLE_TELEMETRY=true MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --host 127.0.0.1 \
+		--port $(MLFLOW_PORT) --workers 1 --backend-store-uri sqlite:///mlflow.db --default-artifact-root file://$(CURDIR)/mlruns
+
+serve-model: $(STAMP)
+	@echo "POST http://127.0.0.1:$(SERVE_PORT)/invocations  (models:/$(MLFLOW_MODEL)@champion; Ctrl-C stops it)"
+	MLFLOW_DISABLE_TELEMETRY=true MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} $(BIN)/mlflow models serve \
+		-m "models:/$(MLFLOW_MODEL)@champion" --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)

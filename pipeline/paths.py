@@ -36,3 +36,10 @@ SAMPLE_GRID = FIGURES / "samples.png"
 LOSS_FIGURE = FIGURES / "loss.png"
 REPORT_MD = REPORTS / "report.md"
 REPORT_HTML = REPORTS / "report.html"
+
+# MLflow (issue 5): the default tracking backend, inside the project and ignored by git and DVC;
+# MLFLOW_TRACKING_URI replaces both with a server.
+MLFLOW_DB = Path("mlflow.db")
+MLFLOW_ARTIFACTS = Path("mlruns")
+REGISTERED = Path("models/registered.json")  # register: the model version holding models/checkpoint.pt
+REGISTRY_METRICS = METRICS / "registry.json"  # promote: the champion gate's decision and its reason

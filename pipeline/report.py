@@ -9,6 +9,7 @@ from ddpm.io import write_text
 from ddpm.report import render_html, render_markdown, save_loss_plot
 from pipeline import paths
 from pipeline.stage import log, run
+from pipeline.tracking import log_report
 
 
 def _read_json(path) -> dict:
@@ -18,8 +19,8 @@ def _read_json(path) -> dict:
 
 
 def report(cfg: Config) -> None:
-    metrics = {p.stem: _read_json(p) for p in (paths.FEATURES_METRICS, paths.TRAIN_METRICS,
-                                               paths.SAMPLE_METRICS, paths.EVALUATE_METRICS, paths.SWEEP_METRICS)}
+    metrics = {p.stem: _read_json(p) for p in (paths.FEATURES_METRICS, paths.TRAIN_METRICS, paths.SAMPLE_METRICS,
+                                               paths.EVALUATE_METRICS, paths.SWEEP_METRICS, paths.REGISTRY_METRICS)}
     with open(paths.LOSS_CURVE, newline="") as f:
         history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
     save_loss_plot(paths.LOSS_FIGURE, history)
@@ -31,6 +32,7 @@ def report(cfg: Config) -> None:
     write_text(paths.REPORT_MD, text)
     write_text(paths.REPORT_HTML, render_html(text))
     log.info("wrote %s and %s", paths.REPORT_MD, paths.REPORT_HTML)
+    log_report(cfg)  # into the MLflow run of this pipeline state
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ def env() -> dict[str, str]:
     e["PYTHONPATH"] = str(ROOT / "src")
     e["DDPM_PROGRESS"] = "0"
     e["DVC_NO_ANALYTICS"] = "1"
+    e["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    e.pop("MLFLOW_TRACKING_URI", None)  # the project's own sqlite:///mlflow.db unless a test sets a server
     return e
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -193,6 +194,29 @@ class SweepConfig:
         _check(self.batch_size >= 1, "sweep.batch_size", self.batch_size, ">= 1")
 
 
+# The champion gate's metrics, and whether lower is better (FID, KID) or higher (precision, recall).
+CHAMPION_METRICS = {"fid": "lower", "kid_mean": "lower", "precision": "higher", "recall": "higher"}
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow: the experiment, the registered generator, the champion gate (the server: MLFLOW_TRACKING_URI)."""
+
+    experiment: str = "ddpm"
+    model_name: str = "ddpm-generator"
+    champion_metric: str = "domain.fid"  # <space>.<fid|kid_mean|precision|recall>, compared at equal space and N
+
+    def validate(self) -> None:
+        _check(bool(self.experiment.strip()), "tracking.experiment", self.experiment, "a non-empty name")
+        _check(re.fullmatch(r"[A-Za-z0-9_.-]+", self.model_name) is not None, "tracking.model_name",
+               self.model_name, "a name of letters, digits, '_', '.' and '-'")
+        space, _, metric = self.champion_metric.partition(".")
+        _check(space in typing.get_args(FeatureSpaceName) and metric in CHAMPION_METRICS,
+               "tracking.champion_metric", self.champion_metric,
+               f"<space>.<metric> with space in {typing.get_args(FeatureSpaceName)} and metric in "
+               f"{tuple(CHAMPION_METRICS)}, e.g. 'domain.fid'")
+
+
 @dataclass(frozen=True)
 class Config:
     seed: int = 0
@@ -204,6 +228,7 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -224,6 +249,14 @@ class Config:
                     f"model.attention_resolutions contains {res}, which is not a U-Net resolution "
                     f"for image_size {self.data.image_size}: choose from {sorted(resolutions)}"
                 )
+
+        gate_space = self.tracking.champion_metric.partition(".")[0]
+        if gate_space not in self.evaluate.spaces:
+            raise ConfigError(
+                f"tracking.champion_metric = {self.tracking.champion_metric!r} needs the {gate_space} feature space, "
+                f"which evaluate.spaces = {list(self.evaluate.spaces)} does not compute: add it there or choose "
+                f"a metric of {' / '.join(self.evaluate.spaces)}"
+            )
 
         n, ev = self.sample.num_samples, self.evaluate
         if n < ev.kid_subset_size or n <= ev.pr_k:

@@ -15,3 +15,7 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint is missing, corrupt or does not match the configuration."""
+
+
+class TrackingError(UserError):
+    """The MLflow tracking server or model registry cannot be reached or refused a request."""

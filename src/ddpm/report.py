@@ -68,6 +68,20 @@ def _sweep_rows(sweep: dict) -> list[str]:
             f"{r['n_samples']} | {r['samples_per_s']:.3g} |" for r in sweep.values()]
 
 
+def _registry_lines(registry: dict) -> list[str]:
+    """The champion gate's decision (reports/metrics/registry.json, written by the promote stage)."""
+    cand, before = registry["candidate"], registry.get("champion_before")
+    was = f" (was version {before['version']})" if before and before["version"] != registry["champion"] else ""
+    return [
+        "## Model registry (MLflow)", "",
+        f"Candidate: **{registry['model']}** version {cand['version']} (run `{registry['run_id']}`), "
+        f"{registry['metric']} = {cand['value']:.4g} ({cand['under'].get('space')} space, "
+        f"N = {cand['under'].get('n_samples')}; {registry['direction']}).", "",
+        f"Champion gate: **{registry['decision']}**. The `champion` alias is on version {registry['champion']}{was}. "
+        f"Reason: {registry['reason']}.", "",
+    ]
+
+
 def render_markdown(*, params: dict, data_meta: dict, metrics: dict[str, dict], grid: str, loss_plot: str) -> str:
     train = metrics.get("train", {}).get("train", {})
     sample = metrics.get("sample", {}).get("sample", {})
@@ -113,6 +127,8 @@ def render_markdown(*, params: dict, data_meta: dict, metrics: dict[str, dict], 
             "| sampler | steps | FID | data floor | feature space | N | samples/s |", "|---|---|---|---|---|---|---|",
             *_sweep_rows(sweep), "",
         ]
+    if metrics.get("registry"):
+        lines += _registry_lines(metrics["registry"])
     lines += ["## Parameters", "", "```json", json.dumps(params, indent=2), "```", ""]
     return "\n".join(lines)
 

@@ -1,0 +1,121 @@
+"""Deployments of the retraining flow, served from this checkout: nightly, and when new data lands.
+
+    python -m pipeline.deployments                   # serve them (PREFECT_API_URL: make serve-flows)
+    python -m pipeline.deployments --project DIR     # for another checkout of the project
+
+  retrain/nightly        cron 03:00 UTC: `dvc repro` stage by stage; DVC skips what did not change
+  check-new-data/poll    every 15 minutes: compares the data source's checksum with the prepared
+                         data's (data/prepared/meta.json) and, when they differ, starts ...
+  retrain/new-data       ... a retraining run with force=["prepare"] (no schedule of its own)
+
+Why a polling check rather than an event trigger: the data sources (a folder, torchvision's
+downloads) emit no events, and dvc.yaml does not track them (prepare depends on code and
+parameters only), so something has to look. The check hashes exactly what `prepare` would write
+(same loader, same split, same checksum function), so it sees new, removed or edited images and
+nothing else; the idempotency key (old -> new checksum) starts one run per change however often
+the check fires while that run waits or works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.deployments import run_deployment
+
+from ddpm.config import load_config
+from ddpm.data import describe, load_splits
+from ddpm.errors import UserError
+from pipeline import paths
+from pipeline.flows import project_root, retrain
+
+NIGHTLY_CRON = "0 3 * * *"  # 03:00 UTC
+CHECK_EVERY = timedelta(minutes=15)
+NEW_DATA_DEPLOYMENT = "retrain/new-data"
+
+
+def data_checksums(root: Path) -> tuple[dict[str, str] | None, dict[str, str]]:
+    """(the prepared data's SHA-256 per split from meta.json, or None; the source's, as prepare would write it)."""
+    cfg = load_config(root / paths.PARAMS)
+    data = cfg.data
+    if not Path(data.root).is_absolute():  # data.root is relative to the project, not to this process
+        data = dataclasses.replace(data, root=str(root / data.root))
+    source = describe(data, cfg.seed, load_splits(data, cfg.seed))["sha256"]
+    meta = root / paths.DATA_META
+    prepared = json.loads(meta.read_text())["sha256"] if meta.is_file() else None
+    return prepared, source
+
+
+def _short(checksums: dict[str, str] | None) -> str:
+    if checksums is None:
+        return "none"
+    return hashlib.sha256(json.dumps(checksums, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@flow(name="check-new-data", description="Start retrain/new-data when the data source differs from the prepared data.")
+def check_new_data(project_dir: str | None = None, deployment: str = NEW_DATA_DEPLOYMENT) -> dict[str, Any]:
+    logger = get_run_logger()
+    root = project_root(project_dir)
+    prepared, source = data_checksums(root)
+    if prepared == source:
+        logger.info("no new data: the source matches data/prepared/meta.json (%s)", _short(source))
+        return {"new_data": False, "checksum": _short(source)}
+    logger.info("new data: the source is %s, the prepared data %s", _short(source), _short(prepared))
+    run = run_deployment(deployment, parameters={"project_dir": str(root), "force": ["prepare"]}, timeout=0,
+                         idempotency_key=f"new-data:{root}:{_short(prepared)}->{_short(source)}")
+    logger.info("started flow run %r (%s) of %s", run.name, run.id, deployment)
+    return {"new_data": True, "checksum": _short(source), "flow_run_id": str(run.id)}
+
+
+def build(project_dir: str | Path | None = None, cron: str = NIGHTLY_CRON,
+          check_every: timedelta = CHECK_EVERY) -> list:
+    """The three deployments, their parameters pointing at `project_dir` (default: this checkout)."""
+    from prefect.deployments.runner import EntrypointType
+
+    params = {"project_dir": str(project_root(project_dir))}
+    common = {"parameters": params, "tags": ["ddpm"], "entrypoint_type": EntrypointType.MODULE_PATH}
+    return [
+        retrain.to_deployment("nightly", cron=cron, description="Nightly retraining: dvc repro, stage by stage.",
+                              **common),
+        retrain.to_deployment("new-data", description="Started by check-new-data/poll when the data source "
+                                                      "changed; runs with force=['prepare'].", **common),
+        check_new_data.to_deployment("poll", interval=check_every,
+                                     description="Checksum the data source; start retrain/new-data on a change.",
+                                     **common),
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    from prefect import serve
+
+    from pipeline.deployments import build  # not __main__'s copy: the entrypoints must name pipeline.deployments
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--project", default=None, help="project folder (default: this checkout)")
+    parser.add_argument("--cron", default=NIGHTLY_CRON, help=f"nightly schedule (default {NIGHTLY_CRON!r}, UTC)")
+    parser.add_argument("--check-every", type=float, default=CHECK_EVERY.total_seconds() / 60,
+                        help="minutes between data checks (default 15)")
+    args = parser.parse_args(argv)
+    try:
+        if not args.check_every > 0:
+            raise UserError(f"--check-every {args.check_every:g} is out of range: expected minutes > 0")
+        try:
+            deployments = build(args.project, args.cron, timedelta(minutes=args.check_every))
+        except ValueError:  # pydantic's validation of the schedule
+            raise UserError(f"--cron {args.cron!r} is not a cron expression: expected five fields "
+                            "(minute hour day month weekday), e.g. '0 3 * * *'") from None
+    except UserError as exc:
+        print(f"error: deployments: {exc}", file=sys.stderr)
+        sys.exit(2)
+    serve(*deployments)
+
+
+if __name__ == "__main__":
+    main()

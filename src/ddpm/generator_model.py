@@ -1,0 +1,90 @@
+"""The registered generator: an MLflow pyfunc "model from code" around the EMA U-Net.
+
+The register stage logs this file as the model's code, the training checkpoint as its only
+artifact and the ddpm package as bundled code: nothing is pickled. MLflow runs this file to
+build the model; `load_context` rebuilds the U-Net from the checkpoint (ddpm.train.load_ema_model)
+and `predict` samples with ddpm.sampling.generate, as the sample stage does.
+
+Input: one row per request, columns `num_samples` (required), `sampler` ("ddpm" or "ddim",
+default "ddim"), `steps` (DDIM steps, default 50), `seed` (default 0), `batch_size` (default
+min(num_samples, 250)). Output: uint8 images, N x H x W x C, the rows' images in order.
+DDPM_DEVICE (default "auto") picks the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.models import set_model
+from mlflow.pyfunc import PythonModel
+
+MAX_SAMPLES = 4096  # per row: a request can not ask the server for unbounded memory
+
+
+def _value(row: dict[str, Any], key: str, default: Any) -> Any:
+    value = row.get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return default
+    return value
+
+
+def request_config(row: dict[str, Any]):
+    """One request row -> a validated SampleConfig (the sample stage's defaults for what the row leaves out)."""
+    from ddpm.config import SampleConfig
+    from ddpm.errors import ConfigError
+
+    def bad(message: str) -> MlflowException:
+        return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+    if _value(row, "num_samples", None) is None:
+        raise bad("num_samples is required: send e.g. {\"num_samples\": 16}")
+    try:
+        n = int(_value(row, "num_samples", 0))
+        defaults = SampleConfig()
+        cfg = dataclasses.replace(
+            defaults, num_samples=n, sampler=str(_value(row, "sampler", "ddim")),
+            steps=int(_value(row, "steps", defaults.steps)), seed=int(_value(row, "seed", 0)),
+            batch_size=int(_value(row, "batch_size", min(n, defaults.batch_size)) or 1))
+        cfg.validate()
+    except (TypeError, ValueError, ConfigError) as exc:
+        raise bad(f"bad request {row}: {exc}") from None
+    if cfg.sampler not in ("ddpm", "ddim"):
+        raise bad(f"sampler = {cfg.sampler!r} is not allowed: choose 'ddpm' or 'ddim'")
+    if cfg.num_samples > MAX_SAMPLES:
+        raise bad(f"num_samples = {cfg.num_samples} is too many for one request: ask for at most {MAX_SAMPLES}")
+    return cfg
+
+
+class DDPMGenerator(PythonModel):
+    def load_context(self, context) -> None:
+        from ddpm.diffusion import GaussianDiffusion
+        from ddpm.train import load_ema_model, resolve_device
+
+        self.device = resolve_device(os.environ.get("DDPM_DEVICE", "auto"))
+        self.model, trained = load_ema_model(context.artifacts["checkpoint"], self.device)
+        self.diffusion = GaussianDiffusion.from_config(trained.diffusion)
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
+        from ddpm.sampling import generate
+
+        if isinstance(model_input, pd.DataFrame):
+            rows = model_input.to_dict("records")
+        elif isinstance(model_input, dict):
+            rows = [model_input]
+        else:
+            rows = list(model_input)
+        if not rows:
+            raise MlflowException("no request rows: send at least {\"num_samples\": 1}", INVALID_PARAMETER_VALUE)
+        configs = [request_config(row) for row in rows]  # all rows are checked before any sampling
+        return np.concatenate([generate(self.model, self.diffusion, cfg, device=self.device, progress=False)
+                               for cfg in configs])
+
+
+set_model(DDPMGenerator())

@@ -1,0 +1,297 @@
+"""MLflow: runs, the model registry with aliases, and the champion gate.
+
+Library code: the tracking URI, the experiment and every file to log arrive as arguments;
+pipeline/tracking.py knows the project's paths. Every MLflow failure becomes a one-line
+`TrackingError` that names MLFLOW_TRACKING_URI and the fix, and the HTTP client gives up
+within seconds when the server is down (MLflow's defaults retry for minutes); the
+MLFLOW_HTTP_REQUEST_* variables still override this. Telemetry is off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+for _key, _value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_DISABLE_TELEMETRY": "true"}.items():
+    os.environ.setdefault(_key, _value)  # before mlflow is imported
+
+import mlflow  # noqa: E402
+import requests  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.entities.model_registry import ModelVersion  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+
+from ddpm.config import CHAMPION_METRICS  # noqa: E402
+from ddpm.errors import TrackingError  # noqa: E402
+
+CANDIDATE, CHAMPION = "candidate", "champion"
+CHECKPOINT_TAG = "checkpoint_sha256"  # on model versions: the SHA-256 of the checkpoint they hold
+MEASUREMENT_TAG = "champion_measurement"  # on the champion: the measurement it won (or keeps) the alias with
+GATE_TAG = "ddpm.gate"  # on runs: the gate's decision for this run, as JSON
+_BATCH = 100  # MLflow's limit of params (and tags) per log_batch call
+
+
+def redact(uri: str) -> str:
+    """The URI without credentials (user:password@host)."""
+    return re.sub(r"//[^/@]+@", "//***@", uri)
+
+
+def _failure(where: str, exc: BaseException) -> str:
+    chain, e = [], exc
+    while e is not None and len(chain) < 10:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    text = " ".join(str(e) for e in chain)
+    if any(isinstance(e, requests.ConnectionError) for e in chain) or "Max retries exceeded" in text:
+        errno = re.search(r"\[Errno -?\d+\] [^'\")(]+", text)
+        reason = errno.group(0).strip() if errno else "no connection"
+        if isinstance(exc, requests.Timeout) or "timed out" in text:
+            reason = f"no answer within MLFLOW_HTTP_REQUEST_TIMEOUT={os.environ['MLFLOW_HTTP_REQUEST_TIMEOUT']} s"
+        return (f"cannot reach the MLflow tracking server at {where} ({reason}): start it, or point "
+                "MLFLOW_TRACKING_URI at a running server (unset it for the project's local sqlite:///mlflow.db), "
+                "then re-run (dvc repro)")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    return (f"MLflow at {where} failed: {first[:300]}: fix the tracking server or its storage "
+            "(MLFLOW_TRACKING_URI), then re-run (dvc repro)")
+
+
+class Tracker:
+    """One experiment on one tracking backend; every call raises TrackingError on failure."""
+
+    def __init__(self, uri: str, experiment: str, *, where: str | None = None, artifact_location: str | None = None):
+        self.uri = uri
+        self.where = where or f"MLFLOW_TRACKING_URI={redact(uri)}"
+        with self.errors():
+            mlflow.set_tracking_uri(uri)  # the fluent API (log_model, register_model) uses the same backend
+            self.client = MlflowClient(uri)
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is not None and exp.lifecycle_stage != "active":
+                raise TrackingError(f"MLflow experiment {experiment!r} at {self.where} is deleted: restore it "
+                                    f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or set "
+                                    "another tracking.experiment")
+            self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
+                experiment, artifact_location=artifact_location)
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (MlflowException, requests.RequestException) as exc:
+            raise TrackingError(_failure(self.where, exc)) from None
+
+    # ------------------------------------------------------------------------ runs
+    def find_run(self, tags: dict[str, str]) -> str | None:
+        """The oldest run of the experiment carrying all these tags."""
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        with self.errors():
+            runs = self.client.search_runs([self.experiment_id], query, max_results=1,
+                                           order_by=["attributes.start_time ASC"])
+        return runs[0].info.run_id if runs else None
+
+    def create_run(self, name: str, tags: dict[str, str]) -> str:
+        with self.errors():
+            return self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
+
+    def finish(self, run_id: str) -> None:
+        with self.errors():
+            self.client.set_terminated(run_id, "FINISHED")
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        with self.errors():
+            return dict(self.client.get_run(run_id).data.tags)
+
+    def log(self, run_id: str, *, params: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
+            series: list[dict[str, float]] | None = None, tags: dict[str, str] | None = None,
+            artifacts: dict[str, list[Path]] | None = None) -> None:
+        """Parameters, metrics (step 0), per-step series (rows with a "step" key), tags, then files.
+
+        `artifacts` maps an artifact folder ("" for the root) to the files that go there.
+        """
+        now = int(time.time() * 1000)
+        entries: list[Any] = [Param(k, str(v)) for k, v in (params or {}).items()]
+        entries += [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
+        for row in series or []:
+            entries += [Metric(k, float(v), now, int(row["step"])) for k, v in row.items() if k != "step"]
+        entries += [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        with self.errors():
+            for folder, files in (artifacts or {}).items():
+                for f in files:
+                    self.client.log_artifact(run_id, str(f), artifact_path=folder or None)
+            for i in range(0, len(entries), _BATCH):
+                chunk = entries[i:i + _BATCH]
+                self.client.log_batch(run_id, metrics=[e for e in chunk if isinstance(e, Metric)],
+                                      params=[e for e in chunk if isinstance(e, Param)],
+                                      tags=[e for e in chunk if isinstance(e, RunTag)])
+
+    def log_once(self, run_id: str, what: str, fingerprint: str, payload: Callable[[], dict[str, Any]]) -> bool:
+        """`log(**payload())` unless this run already holds `what` with this fingerprint (re-runs add nothing).
+
+        `payload` is called only when something is to be logged (it may read files, import torch, ...).
+        """
+        marker = f"ddpm.logged.{what}"
+        if self.run_tags(run_id).get(marker) == fingerprint:
+            return False
+        entries = payload()
+        entries["tags"] = {**entries.get("tags", {}), marker: fingerprint}  # logged last, once all else is in
+        self.log(run_id, **entries)
+        return True
+
+    # ------------------------------------------------------------------------ registry
+    def find_version(self, model_name: str, checkpoint_sha256: str) -> ModelVersion | None:
+        """The version of `model_name` that holds this checkpoint, if any."""
+        with self.errors():
+            found = self.client.search_model_versions(
+                f"name = '{model_name}' and tags.{CHECKPOINT_TAG} = '{checkpoint_sha256}'")
+        return min(found, key=lambda v: int(v.version)) if found else None
+
+    def register_generator(self, run_id: str, model_name: str, *, model_code: Path, checkpoint: Path,
+                           checkpoint_sha256: str, code_dir: Path, image_shape: tuple[int, int, int],
+                           pip_requirements: list[str]) -> ModelVersion:
+        """Log the generator as a pyfunc model from code in `run_id` and register it as a new version.
+
+        `model_code`: the file that builds the model (mlflow.models.set_model); `checkpoint`: its only
+        artifact; `code_dir`: the library package, bundled so that the model loads without this project.
+        """
+        from mlflow.models import ModelSignature
+        from mlflow.types.schema import ColSpec, Schema, TensorSpec
+
+        import numpy as np
+
+        h, w, c = image_shape
+        signature = ModelSignature(
+            inputs=Schema([ColSpec("long", "num_samples"), ColSpec("string", "sampler", required=False),
+                           ColSpec("long", "steps", required=False), ColSpec("long", "seed", required=False),
+                           ColSpec("long", "batch_size", required=False)]),
+            outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, h, w, c))]))
+        with self.errors():
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.pyfunc.log_model(
+                    name="generator", python_model=str(model_code), artifacts={"checkpoint": str(checkpoint)},
+                    code_paths=[str(code_dir)], signature=signature, pip_requirements=pip_requirements,
+                    tags={CHECKPOINT_TAG: checkpoint_sha256})
+            version = mlflow.register_model(info.model_uri, model_name,
+                                            tags={CHECKPOINT_TAG: checkpoint_sha256, "run_id": run_id})
+            self.client.update_model_version(
+                model_name, version.version,
+                f"DDPM generator (EMA weights) of checkpoint sha256 {checkpoint_sha256[:12]}, run {run_id}. "
+                "predict: one row per request {num_samples, sampler, steps, seed, batch_size} -> uint8 NHWC images.")
+        return version
+
+    def alias_version(self, model_name: str, alias: str) -> ModelVersion | None:
+        with self.errors():
+            try:
+                return self.client.get_model_version_by_alias(model_name, alias)
+            except MlflowException as exc:
+                if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                    return None
+                raise
+
+    def set_alias(self, model_name: str, alias: str, version: str) -> None:
+        with self.errors():
+            self.client.set_registered_model_alias(model_name, alias, version)
+
+    def champion_gate(self, run_id: str, model_name: str, version: str, measurement: dict[str, Any]) -> dict[str, Any]:
+        """Make `version` the champion if it beats the current one (see `gate`); recorded on the run.
+
+        A run takes its decision once: re-running with the same candidate and measurement returns the
+        recorded decision and touches no alias.
+        """
+        recorded = self.run_tags(run_id).get(GATE_TAG)
+        if recorded:
+            previous = json.loads(recorded)
+            if previous["candidate"] == {"version": str(version), **measurement}:
+                return previous
+        champion = self.alias_version(model_name, CHAMPION)
+        champion_measurement = json.loads(champion.tags[MEASUREMENT_TAG]) \
+            if champion is not None and MEASUREMENT_TAG in champion.tags else None
+        version = str(version)
+        decision = gate(version, measurement, str(champion.version) if champion else None, champion_measurement)
+        decision = {"model": model_name, "run_id": run_id, **decision}
+        with self.errors():
+            if decision["champion"] == version:  # promoted, or already the champion: record how it was measured
+                self.client.set_model_version_tag(model_name, version, MEASUREMENT_TAG, json.dumps(measurement))
+                self.client.set_registered_model_alias(model_name, CHAMPION, version)
+        self.log(run_id, tags={GATE_TAG: json.dumps(decision), "ddpm.gate.decision": decision["decision"],
+                               "mlflow.note.content": gate_note(decision)})
+        return decision
+
+
+# ---------------------------------------------------------------------------- the champion gate
+def gate(candidate: str, measurement: dict[str, Any], champion: str | None,
+         champion_measurement: dict[str, Any] | None) -> dict[str, Any]:
+    """Whether model version `candidate` replaces `champion` as the champion, and why.
+
+    A measurement is {"metric": "<space>.<name>", "value": float, "under": {...}}: "under" holds
+    what makes two values comparable (feature space, its weights, N, the held-out split). The
+    candidate wins only when it is strictly better on the same metric under the same conditions.
+    """
+    metric, value = measurement["metric"], measurement["value"]
+    direction = CHAMPION_METRICS[metric.partition(".")[2]]
+    out = {"metric": metric, "direction": f"{direction} is better",
+           "candidate": {"version": candidate, **measurement},
+           "champion_before": {"version": champion, **(champion_measurement or {})} if champion else None}
+
+    def verdict(decision: str, new_champion: str | None, reason: str) -> dict[str, Any]:
+        return {**out, "decision": decision, "champion": new_champion, "reason": reason}
+
+    if champion is None:
+        return verdict("promoted", candidate, "there was no champion yet")
+    if champion == candidate:
+        return verdict("already champion", champion, f"version {candidate} already holds the champion alias")
+    if not champion_measurement:
+        return verdict("kept", champion, f"champion version {champion} has no recorded measurement to compare "
+                                         "with: move the alias by hand if the candidate should replace it")
+    if champion_measurement["metric"] != metric:
+        return verdict("kept", champion, f"champion version {champion} was measured on "
+                                         f"{champion_measurement['metric']}, not {metric}")
+    theirs, ours = champion_measurement["under"], measurement["under"]
+    differ = [f"{k} ({theirs.get(k)} vs {ours.get(k)})" for k in sorted(set(theirs) | set(ours))
+              if theirs.get(k) != ours.get(k)]
+    if differ:
+        return verdict("kept", champion, f"not comparable with champion version {champion}: "
+                                         f"{', '.join(differ)} differ (champion vs candidate)")
+    best = champion_measurement["value"]
+    better = (value < best if direction == "lower" else value > best) and math.isfinite(value)
+    sign = ("<" if value < best else ">=") if direction == "lower" else (">" if value > best else "<=")
+    where = f"{ours.get('space')} space, N={ours.get('n_samples')}"
+    if better:
+        return verdict("promoted", candidate, f"{metric} {value:.4g} {sign} {best:.4g} of champion version "
+                                              f"{champion} ({where}; {direction} is better)")
+    return verdict("kept", champion, f"{metric} {value:.4g} {sign} {best:.4g} of champion version {champion} "
+                                     f"({where}; {direction} is better)")
+
+
+def gate_note(decision: dict[str, Any]) -> str:
+    """One markdown paragraph for the run's description in the MLflow UI."""
+    cand = decision["candidate"]
+    return (f"Candidate **{decision['model']} v{cand['version']}**: {decision['metric']} = {cand['value']:.4g} "
+            f"(N = {cand['under'].get('n_samples')}). Champion gate: **{decision['decision']}**; champion is "
+            f"v{decision['champion']}. {decision['reason'][:1].upper()}{decision['reason'][1:]}.")
+
+
+# ---------------------------------------------------------------------------- helpers
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def split_values(flat: dict[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
+    """Numbers become metrics; strings, lists and None become tags (truncated to 500 characters)."""
+    metrics = {k: float(v) for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    tags = {k: (v if isinstance(v, str) else json.dumps(v))[:500] for k, v in flat.items() if k not in metrics}
+    return metrics, tags

@@ -1,0 +1,379 @@
+"""MLflow: the champion gate's rule, and the tiny DAG against a real `mlflow server` (runs, registry, serving, outage)."""
+
+import contextlib
+import csv
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from ddpm import tracking
+from ddpm.config import config_from_dict
+from ddpm.errors import ConfigError, TrackingError
+from tests.helpers import copy_project, env, run, use_profile
+
+MODEL = "ddpm-generator"
+
+
+# ---------------------------------------------------------------------------- the gate's rule (fast)
+def measured(value, n=1000, metric="domain.fid", **under):
+    return {"metric": metric, "value": value, "under": {"space": metric.split(".")[0], "weights": "w",
+                                                        "n_samples": n, **under}}
+
+
+def test_first_candidate_becomes_champion():
+    d = tracking.gate("1", measured(30.0), None, None)
+    assert (d["decision"], d["champion"], d["reason"]) == ("promoted", "1", "there was no champion yet")
+
+
+@pytest.mark.parametrize("value, decision, champion", [(20.0, "promoted", "2"), (30.0, "kept", "1"),
+                                                       (40.0, "kept", "1"), (float("nan"), "kept", "1")])
+def test_lower_fid_wins_and_ties_keep_the_champion(value, decision, champion):
+    d = tracking.gate("2", measured(value), "1", measured(30.0))
+    assert (d["decision"], d["champion"]) == (decision, champion)
+    assert "lower is better" in d["reason"] and "N=1000" in d["reason"]
+
+
+def test_higher_precision_wins():
+    d = tracking.gate("2", measured(0.6, metric="domain.precision"), "1", measured(0.5, metric="domain.precision"))
+    assert (d["decision"], d["direction"]) == ("promoted", "higher is better")
+
+
+def test_values_at_another_n_or_feature_space_are_not_compared():
+    d = tracking.gate("2", measured(1.0, n=24), "1", measured(30.0, n=1000))
+    assert (d["decision"], d["champion"]) == ("kept", "1")
+    assert "not comparable" in d["reason"] and "n_samples (1000 vs 24)" in d["reason"]
+    d = tracking.gate("2", measured(1.0, classifier_sha256="b"), "1", measured(30.0, classifier_sha256="a"))
+    assert d["decision"] == "kept" and "classifier_sha256 (a vs b)" in d["reason"]
+    d = tracking.gate("2", measured(1.0, metric="inception.fid"), "1", measured(30.0))
+    assert d["decision"] == "kept" and "was measured on domain.fid" in d["reason"]
+
+
+def test_the_champion_stays_champion():
+    d = tracking.gate("3", measured(50.0), "3", measured(10.0))
+    assert (d["decision"], d["champion"]) == ("already champion", "3")
+
+
+@pytest.mark.parametrize("raw, match", [
+    ({"tracking": {"champion_metric": "domain.accuracy"}}, r"tracking\.champion_metric = 'domain\.accuracy'"),
+    ({"tracking": {"champion_metric": "inception.fid"}, "evaluate": {"spaces": ["domain"]}},
+     r"needs the inception feature space, which evaluate\.spaces = \['domain'\] does not compute"),
+    ({"tracking": {"model_name": "a/b"}}, r"tracking\.model_name = 'a/b' is out of range"),
+])
+def test_bad_tracking_parameters_name_the_key(raw, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        config_from_dict(raw)
+    assert "\n" not in str(info.value)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_server_that_is_down_is_one_line_naming_mlflow_tracking_uri():
+    t0 = time.perf_counter()
+    with pytest.raises(TrackingError) as info:
+        tracking.Tracker(f"http://127.0.0.1:{free_port()}", "ddpm")
+    message = str(info.value)
+    assert time.perf_counter() - t0 < 20  # MLflow's own defaults retry for minutes
+    assert "\n" not in message and "MLFLOW_TRACKING_URI=http://127.0.0.1:" in message
+    assert "Connection refused" in message and "start it" in message
+
+
+def test_credentials_never_reach_a_message():
+    assert tracking.redact("https://alice:s3cret@mlflow.example.com/x") == "https://***@mlflow.example.com/x"
+
+
+def test_served_requests_are_validated():
+    from mlflow.exceptions import MlflowException
+
+    from ddpm.generator_model import request_config
+
+    cfg = request_config({"num_samples": 5, "seed": float("nan")})  # a missing cell in a multi-row frame
+    assert (cfg.num_samples, cfg.sampler, cfg.steps, cfg.seed, cfg.batch_size) == (5, "ddim", 50, 0, 5)
+    for row, match in [({}, "num_samples is required"), ({"num_samples": 0}, "sample.num_samples = 0"),
+                       ({"num_samples": 2, "sampler": "euler"}, "choose 'ddpm' or 'ddim'"),
+                       ({"num_samples": 10**6}, "at most 4096")]:
+        with pytest.raises(MlflowException, match=match):
+            request_config(row)
+
+
+# ---------------------------------------------------------------------------- a real server
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{url}: process exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """End a process this test started, and its children (its own session)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def mlflow_env() -> dict:
+    e = env()
+    e.update(MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    return e
+
+
+class Server:
+    """`mlflow server` with a SQLite backend and proxied artifacts in a temporary folder, on a free port."""
+
+    def __init__(self, root: Path):
+        self.root, self.port, self.proc = root, free_port(), None
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
+               "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+               "--artifacts-destination", str(self.root / "artifacts")]
+        log = self.root / "server.log"
+        self.proc = subprocess.Popen(cmd, cwd=self.root, env=mlflow_env(), stdout=open(log, "ab"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        wait_http(f"{self.uri}/health", self.proc, log)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("mlflow"))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    project = copy_project(tmp_path_factory.mktemp("tracked") / "p")
+    use_profile(project, "tiny")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["sweep"]["ddpm"] = False  # the 50-step DDPM sweep row is not what these tests are about
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"]):
+        run(cmd, cwd=project)
+    return project
+
+
+def tracked(cmd: list[str], project: Path, uri: str | None, check: bool = True) -> subprocess.CompletedProcess:
+    e = mlflow_env()
+    e.pop("MLFLOW_TRACKING_URI", None)
+    if uri:
+        e["MLFLOW_TRACKING_URI"] = uri
+    proc = subprocess.run(cmd, cwd=project, env=e, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def repro(project: Path, uri: str | None, check: bool = True) -> subprocess.CompletedProcess:
+    return tracked([sys.executable, "-m", "dvc", "repro"], project, uri, check)
+
+
+def ran(output: str) -> list[str]:
+    return re.findall(r"Running stage '([\w-]+)'", output)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def runs(uri: str):
+    c = client(uri)
+    return c.search_runs([c.get_experiment_by_name("ddpm").experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def versions(uri: str) -> list[str]:
+    return sorted(str(v.version) for v in client(uri).search_model_versions(f"name = '{MODEL}'"))
+
+
+def aliases(uri: str) -> dict[str, str]:
+    return {k: str(v) for k, v in client(uri).get_registered_model(MODEL).aliases.items()}
+
+
+def flat_params(project: Path) -> dict[str, str]:
+    return {k: str(v) for k, v in tracking.flatten(yaml.safe_load((project / "params.yaml").read_text())).items()}
+
+
+def lock_md5(project: Path, stage: str, path: str) -> str:
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    return next(o["md5"] for o in lock["stages"][stage]["outs"] if o["path"] == path)
+
+
+@pytest.mark.slow
+def test_repro_logs_one_run_and_registers_one_version(server, project):
+    out = repro(project, server.uri).stdout
+    assert {"register", "promote", "report"} <= set(ran(out))
+    [r] = runs(server.uri)
+    c, run_id = client(server.uri), r.info.run_id
+    # every parameter, flattened
+    assert r.data.params == flat_params(project)
+    # the loss curve, learning rate and images/s per logged step, as reports/plots/loss.csv has them
+    with open(project / "reports/plots/loss.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3  # 6 steps, logged every 2
+    for key in ("loss", "lr", "images_per_s"):
+        history = c.get_metric_history(run_id, key)
+        assert [(m.step, m.value) for m in history] == [(int(r["step"]), pytest.approx(float(r[key]))) for r in rows]
+    # evaluation metrics with their feature space and N
+    evaluation = json.loads((project / "reports/metrics/evaluate.json").read_text())
+    assert r.data.metrics["domain.fid"] == pytest.approx(evaluation["domain"]["fid"])
+    assert r.data.metrics["domain.floor.fid"] == pytest.approx(evaluation["domain"]["floor"]["fid"])
+    assert r.data.metrics["domain.n_samples"] == 24 and r.data.tags["ddpm.domain.weights"].startswith("domain")
+    assert r.data.metrics["train.steps"] == 6 and "sweep.ddim_4.fid" in r.data.metrics
+    # sample grid, loss plot and the report
+    files = {a.path for a in c.list_artifacts(run_id)} | {a.path for a in c.list_artifacts(run_id, "figures")}
+    assert {"report.md", "report.html", "figures/samples.png", "figures/loss.png"} <= files
+    # provenance
+    tags = r.data.tags
+    head = run(["git", "rev-parse", "HEAD"], cwd=project).stdout.strip()
+    assert tags["mlflow.source.git.commit"] == head
+    assert tags["ddpm.dvc_lock.checkpoint_md5"] == lock_md5(project, "train", "models/checkpoint.pt")
+    assert tags["ddpm.dvc_lock.data_md5"] == lock_md5(project, "prepare", "data/prepared")
+    assert tags["ddpm.checkpoint_sha256"] == sha256(project / "models/checkpoint.pt")
+    assert tags["ddpm.torch"].startswith("2.") and tags["ddpm.device"] == "cpu"
+    # the registry: one version holding this checkpoint, candidate and (no champion before) champion
+    assert versions(server.uri) == ["1"]
+    version = c.get_model_version(MODEL, "1")
+    assert version.tags["checkpoint_sha256"] == sha256(project / "models/checkpoint.pt")
+    assert version.tags["run_id"] == run_id and version.run_id == run_id
+    assert aliases(server.uri) == {"candidate": "1", "champion": "1"}
+    registry = json.loads((project / "reports/metrics/registry.json").read_text())
+    assert (registry["decision"], registry["champion"], registry["run_id"]) == ("promoted", "1", run_id)
+    assert tags["ddpm.gate.decision"] == "promoted" and "no champion yet" in tags["mlflow.note.content"]
+    report = (project / "reports/report.md").read_text()
+    assert "## Model registry (MLflow)" in report and "Champion gate: **promoted**" in report
+
+
+@pytest.mark.slow
+def test_second_repro_adds_no_version_run_or_point(server, project):
+    out = repro(project, server.uri).stdout
+    assert ran(out) == ["register"]  # it asks the registry every time; nothing else re-runs
+    assert versions(server.uri) == ["1"] and len(runs(server.uri)) == 1
+    run_id = runs(server.uri)[0].info.run_id
+    assert len(client(server.uri).get_metric_history(run_id, "loss")) == 3
+    assert len(client(server.uri).get_metric_history(run_id, "domain.fid")) == 1
+
+
+@pytest.mark.slow
+def test_served_champion_generates_the_pipelines_images(server, project, tmp_path):
+    port = free_port()
+    log = tmp_path / "serve.log"
+    e = mlflow_env()
+    e["MLFLOW_TRACKING_URI"] = server.uri
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@champion",
+           "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=e, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", proc, log)
+        request = {"dataframe_records": [{"num_samples": 24, "sampler": "ddim", "steps": 4, "seed": 1,
+                                          "batch_size": 12}]}  # the tiny profile's sample settings
+        images = np.asarray(invoke(port, request)["predictions"])
+        assert images.shape == (24, 28, 28, 1) and images.min() >= 0 and images.max() <= 255
+        with np.load(project / "samples/samples.npz") as z:
+            np.testing.assert_array_equal(images, z["images"])  # the registered checkpoint, the same sampler
+        with pytest.raises(urllib.error.HTTPError) as info:
+            invoke(port, {"dataframe_records": [{"num_samples": 2, "sampler": "euler"}]})
+        assert info.value.code == 400 and "choose 'ddpm' or 'ddim'" in info.value.read().decode()
+    finally:
+        stop(proc)
+
+
+def invoke(port: int, payload: dict) -> dict:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(payload).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.slow
+def test_server_down_fails_fast_and_loses_nothing(server, project):
+    kept = {p: sha256(project / p) for p in ("models/checkpoint.pt", "samples/samples.npz")}
+    server.stop()
+    proc = tracked([sys.executable, "-m", "pipeline.register"], project, server.uri, check=False)
+    assert proc.returncode == 2, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: register: cannot reach the MLflow tracking server at "
+                           f"MLFLOW_TRACKING_URI={server.uri}")
+    assert "start it" in line
+    assert {p: sha256(project / p) for p in kept} == kept
+    server.start()  # the same database, the same port
+    out = repro(project, server.uri).stdout
+    assert ran(out) == ["register"]  # nothing else was lost or needs re-running
+    assert versions(server.uri) == ["1"] and len(runs(server.uri)) == 1
+
+
+@pytest.mark.slow
+def test_a_second_checkpoint_gets_a_version_and_the_gate_decides(server, project):
+    """A new checkpoint (the train stage, 8 steps) is a new candidate; the gate moves `champion` by the rule."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["steps"] = 8
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    for stage in ("train", "register"):
+        tracked([sys.executable, "-m", f"pipeline.{stage}"], project, server.uri)
+    assert versions(server.uri) == ["1", "2"] and aliases(server.uri) == {"candidate": "2", "champion": "1"}
+    tracker = tracking.Tracker(server.uri, "ddpm")
+    run_id = tracker.find_run({"ddpm.checkpoint_sha256": sha256(project / "models/checkpoint.pt")})
+    assert run_id and run_id != runs(server.uri)[0].info.run_id  # a run of its own
+    champion = json.loads(client(server.uri).get_model_version(MODEL, "1").tags["champion_measurement"])
+    worse = {**champion, "value": champion["value"] + 1.0}
+    d = tracker.champion_gate(run_id, MODEL, "2", worse)
+    assert (d["decision"], d["champion"]) == ("kept", "1") and aliases(server.uri)["champion"] == "1"
+    assert tracker.champion_gate(run_id, MODEL, "2", worse) == d  # taken once per run and measurement
+    elsewhere = {**champion, "value": 0.0, "under": {**champion["under"], "n_samples": 1000}}
+    d = tracker.champion_gate(run_id, MODEL, "2", elsewhere)
+    assert d["decision"] == "kept" and "n_samples (24 vs 1000)" in d["reason"]
+    better = {**champion, "value": champion["value"] / 2}
+    d = tracker.champion_gate(run_id, MODEL, "2", better)
+    assert (d["decision"], d["champion"]) == ("promoted", "2") and aliases(server.uri)["champion"] == "2"
+    assert client(server.uri).get_run(run_id).data.tags["ddpm.gate.decision"] == "promoted"
+
+
+@pytest.mark.slow
+def test_register_fills_a_registry_that_lacks_the_checkpoint(project):
+    """What DVC's run-cache can not see: a registry without this checkpoint (here the project's own
+    sqlite:///mlflow.db, MLFLOW_TRACKING_URI unset). dvc repro runs register every time (always_changed)."""
+    assert not (project / "mlflow.db").exists()
+    tracked([sys.executable, "-m", "pipeline.register"], project, None)
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    assert versions(uri) == ["1"] and aliases(uri) == {"candidate": "1"}
+    registered = json.loads((project / "models/registered.json").read_text())
+    assert registered["version"] == "1" and registered["checkpoint_sha256"] == sha256(project / "models/checkpoint.pt")
+    assert list((project / "mlruns").rglob("checkpoint.pt"))  # the project's artifact folder
