@@ -62,3 +62,11 @@ serve-model: $(STAMP)
 	@echo "POST http://127.0.0.1:$(SERVE_PORT)/invocations  (models:/$(MLFLOW_MODEL)@champion; Ctrl-C stops it)"
 	MLFLOW_DISABLE_TELEMETRY=true MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} $(BIN)/mlflow models serve \
 		-m "models:/$(MLFLOW_MODEL)@champion" --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
+
+# Training throughput against diffusers and lucidrains (their packages: the `bench` extra, only here).
+# make bench BENCH_ARGS="--size cifar10 --device cuda --precision bf16 --batch 128"
+.PHONY: bench
+bench: $(STAMP)
+	set -o pipefail; $(BIN)/pip install -q -c requirements/constraints.txt -e '.[bench]' 2>&1 \
+		| { grep -v "^WARNING: Location 'file:" || true; }
+	PYTHONPATH=. $(BIN)/python benchmarks/train_throughput.py $(BENCH_ARGS)
