@@ -12,7 +12,8 @@ from ddpm.config import Config
 from ddpm.io import write_json
 from pipeline import paths
 from pipeline.stage import log, run
-from pipeline.tracking import file_sha256, fingerprint, pipeline_run, read_json
+from pipeline.stage import read_json
+from pipeline.tracking import file_sha256, fingerprint, pipeline_run
 
 
 def measurement(cfg: Config, evaluation: dict) -> dict:

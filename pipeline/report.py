@@ -1,31 +1,19 @@
 """Stage report: report.md and report.html with the sample grid, loss curve, metrics and parameters."""
 
-import csv
-import json
-
 from ddpm.config import Config
-from ddpm.errors import DataError
 from ddpm.io import write_text
 from ddpm.report import render_html, render_markdown, save_loss_plot
 from pipeline import paths
-from pipeline.stage import log, run
+from pipeline.stage import log, read_json, read_loss_curve, run
 from pipeline.tracking import log_report
 
 
-def _read_json(path) -> dict:
-    if not path.is_file():
-        raise DataError(f"{path} not found: run the stage that writes it first (dvc repro)")
-    return json.loads(path.read_text())
-
-
 def report(cfg: Config) -> None:
-    metrics = {p.stem: _read_json(p) for p in (paths.FEATURES_METRICS, paths.TRAIN_METRICS, paths.SAMPLE_METRICS,
+    metrics = {p.stem: read_json(p) for p in (paths.FEATURES_METRICS, paths.TRAIN_METRICS, paths.SAMPLE_METRICS,
                                                paths.EVALUATE_METRICS, paths.SWEEP_METRICS, paths.REGISTRY_METRICS)}
-    with open(paths.LOSS_CURVE, newline="") as f:
-        history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    save_loss_plot(paths.LOSS_FIGURE, history)
+    save_loss_plot(paths.LOSS_FIGURE, read_loss_curve())
     text = render_markdown(
-        params=cfg.to_dict(), data_meta=_read_json(paths.DATA_META), metrics=metrics,
+        params=cfg.to_dict(), data_meta=read_json(paths.DATA_META), metrics=metrics,
         grid=paths.SAMPLE_GRID.relative_to(paths.REPORTS).as_posix(),
         loss_plot=paths.LOSS_FIGURE.relative_to(paths.REPORTS).as_posix(),
     )

