@@ -37,15 +37,16 @@ def evaluate(cfg: Config) -> None:
         metrics[name] = evaluate_space(feats, ref, space.primary, cfg.evaluate, seed=cfg.seed)
         metrics[name]["wall_s"] = time.perf_counter() - t0
         if name == "domain":
-            metrics["coverage"] = coverage(feats["logits"], test.labels, test.class_names, cfg.evaluate.confidence)
+            metrics["coverage"] = coverage(feats["logits"], test.labels, test.class_names, cfg.evaluate.confidence,
+                                           real_logits=ref.floor["logits"])
         m = metrics[name]
         log.info("%s: FID %.3f (floor %.3f), KID %.4f, precision %.3f, recall %.3f at N=%d in %.1f s", name,
                  m["fid"], m["floor"]["fid"], m["kid_mean"], m["precision"], m["recall"], m["n_samples"], m["wall_s"])
     write_json(paths.EVALUATE_METRICS, metrics)
     if "coverage" in metrics:
         c = metrics["coverage"]
-        log.info("%.1f%% confidently classified; missing classes: %s", 100 * c["confident_share"],
-                 ", ".join(c["missing_classes"]) or "none")
+        log.info("%.1f%% confidently classified (real unseen digits: %.1f%%); missing classes: %s",
+                 100 * c["confident_share"], 100 * c["confident_share_real"], ", ".join(c["missing_classes"]) or "none")
 
 
 if __name__ == "__main__":

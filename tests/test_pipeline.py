@@ -45,6 +45,7 @@ def test_repro_runs_every_stage_and_writes_the_report(project):
     evaluate = json.loads((project / "reports/metrics/evaluate.json").read_text())
     domain = evaluate["domain"]
     assert domain["n_samples"] == 24 and evaluate["coverage"]["n_samples"] == 24
+    assert 0.0 <= evaluate["coverage"]["confident_share_real"] <= 1.0
     assert domain["floor"]["n_samples"] == 24 and domain["n_reference"] == meta_counts(project)["test"]
     assert domain["fid"] > domain["floor"]["fid"]  # 6 training steps give noise, far from real images
     for key in ("kid_mean", "kid_std", "precision", "recall"):

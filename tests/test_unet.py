@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ddpm.config import ModelConfig
-from ddpm.unet import UNet, timestep_embedding
+from ddpm.unet import Dropout, UNet, timestep_embedding
 
 
 @pytest.mark.parametrize("size, channels, mult, attn", [
@@ -49,3 +49,18 @@ def test_attention_goes_through_sdpa(monkeypatch):
     UNet(cfg, 28, 1)(torch.randn(3, 1, 28, 28), torch.tensor([1, 2, 3]))
     # (batch, heads, tokens, head_dim): one call per block at 14x14 (1 down + 2 up) plus the middle
     assert calls == [(3, 2, 14 * 14, 8)] * 4
+
+
+def test_cpu_dropout_keeps_a_bernoulli_share_scaled_by_one_over_keep():
+    torch.manual_seed(0)
+    drop, x = Dropout(0.25), torch.ones(200_000)
+    y = drop(x)
+    assert y.unique().tolist() == [0.0, pytest.approx(1 / 0.75)]
+    assert (y > 0).float().mean().item() == pytest.approx(0.75, abs=0.005)  # 0.005 is ~5 sigma
+    assert y.mean().item() == pytest.approx(1.0, abs=0.01)
+    g = torch.ones(1000, requires_grad=True)
+    out = drop(g)
+    out.sum().backward()
+    assert torch.equal(g.grad, out.detach())  # the gradient is the same mask times 1 / (1 - p)
+    drop.eval()
+    assert torch.equal(drop(x), x)

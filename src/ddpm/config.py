@@ -73,7 +73,9 @@ class DiffusionConfig:
     beta_start: float = 1e-4  # linear schedule, for T = 1000 (scaled by 1000 / T otherwise)
     beta_end: float = 0.02
     cosine_s: float = 0.008
-    prediction: Literal["eps", "v", "x0"] = "eps"
+    # v (Salimans & Ho 2022) keeps x0_hat well conditioned where abar_t -> 0; with eps, the
+    # x0_hat of an undertrained model at high noise is its error times 1/sqrt(abar_t) (speckle)
+    prediction: Literal["eps", "v", "x0"] = "v"
 
     def validate(self) -> None:
         _check(self.timesteps >= 1, "diffusion.timesteps", self.timesteps, "an integer >= 1 (T)")
@@ -88,7 +90,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 2e-3
     warmup_steps: int = 100
-    lr_decay: Literal["constant", "cosine"] = "constant"  # after warm-up: keep lr, or cosine-anneal it to 0
+    lr_decay: Literal["constant", "cosine"] = "cosine"  # after warm-up: keep lr, or cosine-anneal it to 0
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.995

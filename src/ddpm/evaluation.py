@@ -98,7 +98,17 @@ def fid_with_floor(generated: dict[str, np.ndarray], ref: Reference, feature: st
             "fid_floor": frechet_distance(gaussian_stats(ref.floor[feature][:n_floor]), test), "n_floor": n_floor}
 
 
-def coverage(logits: np.ndarray, test_labels: np.ndarray, class_names: list[str], confidence: float) -> dict:
-    """Class verdicts of the domain classifier on the samples against the data's class shares."""
+def coverage(logits: np.ndarray, test_labels: np.ndarray, class_names: list[str], confidence: float,
+             real_logits: np.ndarray | None = None) -> dict:
+    """Class verdicts of the domain classifier on the samples against the data's class shares.
+
+    `real_logits` (real images the classifier never saw) give the share of real digits it
+    classifies confidently: the yardstick for the samples' share.
+    """
     probs = softmax(np.asarray(logits, dtype=np.float64), axis=1)
-    return {"n_samples": len(probs), **class_coverage(probs, test_labels, class_names, confidence)}
+    out = {"n_samples": len(probs), **class_coverage(probs, test_labels, class_names, confidence)}
+    if real_logits is not None:
+        real = softmax(np.asarray(real_logits, dtype=np.float64), axis=1)
+        out["confident_share_real"] = float((real.max(axis=1) >= confidence).mean())
+        out["n_real"] = len(real)
+    return out

@@ -114,7 +114,8 @@ def render_markdown(*, params: dict, data_meta: dict, metrics: dict[str, dict], 
         lines += [
             "## Class coverage (domain classifier)", "",
             f"{_fmt(coverage.get('confident_share'))} of {coverage.get('n_samples')} samples are confidently "
-            f"classified (p ≥ {params['evaluate']['confidence']}); class-share total variation "
+            f"classified (p ≥ {params['evaluate']['confidence']}), against {_fmt(coverage.get('confident_share_real'))} "
+            f"of {coverage.get('n_real')} real digits the classifier never saw; class-share total variation "
             f"{_fmt(coverage.get('class_share_tv'))} (0 = the data's shares). Missing classes: "
             f"{', '.join(coverage.get('missing_classes', [])) or 'none'}.", "",
             "| class | share of samples | share of data |", "|---|---|---|",

