@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from ddpm.config import DataConfig
-from ddpm.data import load_split, load_splits, save_split, stratified_split
+from ddpm.data import floor_indices, load_split, load_splits, save_split, stratified_split
 from ddpm.errors import DataError
 
 
@@ -71,3 +71,13 @@ def test_split_round_trips_through_npz(tmp_path):
     assert back.class_names == splits.train.class_names
     with pytest.raises(DataError, match="run the prepare stage first"):
         load_split(tmp_path / "missing.npz")
+
+
+def test_every_prefix_of_the_floor_images_is_a_random_subset():
+    # the embedded training split is stored sorted by class: a floor at N = 250 must still
+    # hold every digit in about its share, not the first three classes
+    train = load_splits(DataConfig(), seed=0).train
+    idx = floor_indices(len(train), 1000, seed=0)
+    assert len(idx) == len(set(idx.tolist())) == 1000
+    shares = np.bincount(train.labels[idx[:250]], minlength=10) / 250
+    assert shares.min() > 0.04 and shares.max() < 0.18

@@ -60,8 +60,10 @@ def floor_indices(n_train: int, n_test: int, seed: int) -> np.ndarray:
     As many as the held-out split (at most half the training split), drawn at random (stored
     sets are often sorted by class). Unseen by the classifier, their features are distributed
     like the held-out ones; images it was trained on are not, and would fake a worse floor.
+    The indices stay in random order, so the first N of them (a floor at the samples' N) are a
+    random subset too, never the first classes of a sorted set.
     """
-    return np.sort(np.random.default_rng(seed).permutation(n_train)[:min(n_test, n_train // 2)])
+    return np.random.default_rng(seed).permutation(n_train)[:min(n_test, n_train // 2)]
 
 
 # ---------------------------------------------------------------------------- sources
