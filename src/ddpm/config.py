@@ -139,7 +139,7 @@ class SampleConfig:
 class FeaturesConfig:
     """The small domain classifier: class verdicts and a fast feature space."""
 
-    epochs: int = 3
+    epochs: int = 8  # 3 gave 96.4% accuracy but p >= 0.9 on only half of real digits; 8: 98.3%, 90%
     batch_size: int = 128
     lr: float = 2e-3
     width: int = 32
