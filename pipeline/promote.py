@@ -11,8 +11,7 @@ which changes with the tracking backend) change; a run takes its decision once.
 from ddpm.config import Config
 from ddpm.io import write_json
 from pipeline import paths
-from pipeline.stage import log, run
-from pipeline.stage import read_json
+from pipeline.stage import log, read_json, run
 from pipeline.tracking import file_sha256, fingerprint, pipeline_run
 
 

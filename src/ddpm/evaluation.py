@@ -18,7 +18,7 @@ from ddpm.config import EvaluateConfig
 from ddpm.errors import DataError
 from ddpm.feature_spaces import FeatureSpace, extract
 from ddpm.io import save_npz
-from ddpm.metrics import class_coverage, frechet_distance, gaussian_stats, kid, precision_recall
+from ddpm.metrics import class_coverage, confident_share, frechet_distance, gaussian_stats, kid, precision_recall
 
 
 def check_samples(samples: np.ndarray, image_shape: tuple[int, ...]) -> None:
@@ -109,6 +109,6 @@ def coverage(logits: np.ndarray, test_labels: np.ndarray, class_names: list[str]
     out = {"n_samples": len(probs), **class_coverage(probs, test_labels, class_names, confidence)}
     if real_logits is not None:
         real = softmax(np.asarray(real_logits, dtype=np.float64), axis=1)
-        out["confident_share_real"] = float((real.max(axis=1) >= confidence).mean())
+        out["confident_share_real"] = confident_share(real, confidence)
         out["n_real"] = len(real)
     return out

@@ -65,6 +65,11 @@ def precision_recall(generated: np.ndarray, real: np.ndarray, k: int = 3) -> tup
     return float(out[KEY_METRIC_PRECISION]), float(out[KEY_METRIC_RECALL])
 
 
+def confident_share(probs: np.ndarray, confidence: float) -> float:
+    """Share of images whose most likely class has probability >= confidence."""
+    return float((probs.max(axis=1) >= confidence).mean())
+
+
 def class_coverage(probs: np.ndarray, data_labels: np.ndarray, class_names: list[str],
                    confidence: float) -> dict:
     """Per-class shares of predicted samples against the data's shares; missing classes."""
@@ -73,7 +78,7 @@ def class_coverage(probs: np.ndarray, data_labels: np.ndarray, class_names: list
     sample_share = np.bincount(predicted, minlength=k) / len(predicted)
     data_share = np.bincount(data_labels, minlength=k) / len(data_labels)
     return {
-        "confident_share": float((probs.max(axis=1) >= confidence).mean()),
+        "confident_share": confident_share(probs, confidence),
         "missing_classes": [class_names[i] for i in range(k) if sample_share[i] == 0],
         # total variation distance between the two class distributions (0 = same shares)
         "class_share_tv": float(0.5 * np.abs(sample_share - data_share).sum()),
