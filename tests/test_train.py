@@ -1,6 +1,7 @@
 """Training: loss goes down, resume is exact, checkpoints load safely and fail clearly."""
 
 import dataclasses
+import shutil
 
 import numpy as np
 import pytest
@@ -51,6 +52,13 @@ def test_loss_decreases(images):
     assert history[-1]["loss"] < 0.6 * history[0]["loss"]
 
 
+def test_divergence_fails_clearly_before_a_checkpoint_is_written(tmp_path, images):
+    cfg = dataclasses.replace(CFG, train=dataclasses.replace(CFG.train, lr=1e20, warmup_steps=0, log_every=8))
+    with pytest.raises(FloatingPointError, match=r"training loss is nan in steps 1-4: lower train.lr"):
+        train(cfg, images, resume_path=tmp_path / "resume.pt", progress=False)  # checks at the step-4 checkpoint
+    assert not (tmp_path / "resume.pt").exists()
+
+
 def test_ema_model_round_trips_through_the_checkpoint(tmp_path, images):
     result = train(CFG, images, progress=False)
     save_checkpoint(tmp_path / "c.pt", result.checkpoint)
@@ -90,6 +98,22 @@ def test_bf16_autocast_trains(images):
     cfg = dataclasses.replace(CFG, train=dataclasses.replace(CFG.train, precision="bf16", steps=2))
     result = train(cfg, images, progress=False)
     assert result.stats["precision"] == "bf16" and np.isfinite(result.stats["final_loss"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_training_matches_eager_and_saves_plain_weights(images):
+    # train.compile is the GPU fast path; on CPU inductor builds C++ kernels (about 100 s here).
+    # Without dropout both runs draw the same batches, t and noise, so the losses agree.
+    cfg = dataclasses.replace(CFG, model=dataclasses.replace(CFG.model, dropout=0.0),
+                              train=dataclasses.replace(CFG.train, steps=3, log_every=1))
+    eager = train(cfg, images, progress=False)
+    compiled = train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=True)), images,
+                     progress=False)
+    assert len(compiled.history) == 3
+    np.testing.assert_allclose([h["loss"] for h in compiled.history], [h["loss"] for h in eager.history], rtol=1e-4)
+    assert list(compiled.checkpoint["model"]) == list(eager.checkpoint["model"])  # no "_orig_mod." prefixes
 
 
 def test_lr_schedule_warms_up_then_holds_or_anneals():

@@ -112,6 +112,15 @@ def init_distributed(dist_info: Distributed, device: torch.device) -> torch.devi
     return device
 
 
+def global_mean(x: torch.Tensor, world_size: int) -> float:
+    """The mean of a per-rank scalar over all ranks: the global batch's value, as one process would log it."""
+    if world_size > 1:
+        x = x.clone()
+        torch.distributed.all_reduce(x)
+        x /= world_size
+    return x.item()
+
+
 # ---------------------------------------------------------------------------- state
 class BatchSampler:
     """Epochs of shuffled indices from a seeded generator; its state is part of the checkpoint."""
@@ -238,7 +247,9 @@ def train(
 
     stop = min(tc.steps, max_steps) if max_steps is not None else tc.steps
     model.train()
-    window_loss, window_n, window_t0 = 0.0, 0, time.perf_counter()
+    # The loss is summed on the device and read once per log window: reading it every step
+    # (.item(), or an isfinite check) would stall the host until the GPU caught up.
+    window_loss, window_n, window_t0 = torch.zeros((), device=device), 0, time.perf_counter()
     run_t0, run_images = time.perf_counter(), 0
     bar = tqdm(total=tc.steps, initial=step, desc="train", disable=not (progress and ddp.is_main),
                dynamic_ncols=True)
@@ -253,14 +264,6 @@ def train(
         noise = torch.randn((tc.batch_size, *x0.shape[1:]), device=device)[local]
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             loss = diffusion.training_loss(forward, x0, t, noise)
-        if ddp.world_size > 1:  # log the global batch's loss, as one process would
-            global_loss = loss.detach().clone()
-            torch.distributed.all_reduce(global_loss)
-            global_loss /= ddp.world_size
-        else:
-            global_loss = loss.detach()
-        if not torch.isfinite(global_loss):
-            raise FloatingPointError(f"training loss is {loss.item()} at step {step}: lower train.lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -268,18 +271,26 @@ def train(
         scheduler.step()
         ema.update_parameters(model)
         step += 1
-        window_loss += global_loss.item()
+        window_loss += loss.detach().float()
         window_n += 1
         run_images += tc.batch_size
-        if step % tc.log_every == 0 or step == stop:
+        log_now = step % tc.log_every == 0 or step == stop
+        save_now = resume_path is not None and (step % tc.checkpoint_every == 0 or step == stop)
+        if log_now or save_now:  # every rank gets here at the same steps
+            mean_loss = global_mean(window_loss / window_n, ddp.world_size)
+            if not math.isfinite(mean_loss):  # before a diverged model can be saved
+                raise FloatingPointError(f"training loss is {mean_loss} in steps {step - window_n + 1}-{step}: "
+                                         "lower train.lr")
+        if log_now:
             elapsed = time.perf_counter() - window_t0
-            row = {"step": step, "loss": window_loss / window_n, "lr": scheduler.get_last_lr()[0],
+            row = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
                    "images_per_s": window_n * tc.batch_size / elapsed}
             history.append(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
-            window_loss, window_n, window_t0 = 0.0, 0, time.perf_counter()
+            window_loss.zero_()
+            window_n, window_t0 = 0, time.perf_counter()
         bar.update(1)
-        if ddp.is_main and resume_path is not None and (step % tc.checkpoint_every == 0 or step == stop):
+        if save_now and ddp.is_main:
             save_torch(resume_path, snapshot())
     bar.close()
 
