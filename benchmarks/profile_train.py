@@ -55,8 +55,7 @@ def main() -> None:
     cfg = profile_config(args.size)
     model, loss_fn = ours(cfg, device)
     x0 = torch.randn(args.batch, cfg.data.channels, cfg.data.image_size, cfg.data.image_size, device=device)
-    step = make_step(model, loss_fn, x0, torch.bfloat16 if args.precision == "bf16" else None, device,
-                     fused=device.type == "cuda")
+    step = make_step(model, loss_fn, x0, torch.bfloat16 if args.precision == "bf16" else None)
     for _ in range(3):
         step()
 

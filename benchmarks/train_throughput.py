@@ -4,7 +4,11 @@ Each peer is the tool a user would pick instead: diffusers' `UNet2DModel` + `DDP
 and lucidrains' `denoising-diffusion-pytorch` `Unet` + `GaussianDiffusion`. All three run in
 one process at matched parameter count (within 10%), input size, batch and precision; rounds
 are interleaved so that load on the machine hits every model alike. Prints images/s per model
-and our ratio to the faster peer.
+and our ratio to the faster peer, with the FLOPs of a training step (convolutions, matmuls and
+attention, forward and backward, counted by `torch.utils.flop_counter`), the rate they run at,
+and the model FLOP utilisation (MFU) against the device's datasheet peak where it is known and
+against a large matmul measured on the same device. For the CIFAR-10 model it sets our steps/s
+against the DDPM paper's 21 steps/s (batch 128, TPU v3-8) and projects 800k steps.
 
     pip install -e '.[bench]'      # the peers; never part of the main install (make bench)
     PYTHONPATH=. python benchmarks/train_throughput.py --size default     # the default CPU profile's model, 28x28
@@ -24,6 +28,7 @@ import yaml
 
 from ddpm.config import config_from_dict
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.train import build_optimizer
 from ddpm.unet import UNet, count_parameters
 
 PROFILES = {"default": "default", "cifar10": "cifar10-gpu"}
@@ -36,6 +41,17 @@ def profile_config(name: str):
 
 
 # ---------------------------------------------------------------------------- the three contenders
+# Each trains with the optimizer its own training code uses: ours is ddpm.train's fused AdamW;
+# diffusers' examples/unconditional_image_generation/train_unconditional.py builds a default
+# torch.optim.AdamW, lucidrains' Trainer a default torch.optim.Adam. --same-optimizer gives all
+# three ours, which leaves the model, the loss and the autograd graph as the only differences.
+OPTIMIZERS = {
+    "ours": ("AdamW fused", lambda params: build_optimizer(params, lr=1e-4, weight_decay=0.0)),
+    "diffusers": ("AdamW", lambda params: torch.optim.AdamW(params, lr=1e-4)),
+    "lucidrains": ("Adam", lambda params: torch.optim.Adam(params, lr=1e-4)),
+}
+
+
 def ours(cfg, device):
     model = UNet(cfg.model, image_size=cfg.data.image_size, channels=cfg.data.channels).to(device)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
@@ -96,6 +112,64 @@ def matched(build: Callable[[int], torch.nn.Module], target: int) -> tuple[int, 
     return best[1], best[2]
 
 
+# ---------------------------------------------------------------------------- FLOPs and utilisation
+# Ho et al. 2020, appendix B: the CIFAR-10 model trains at 21 steps/s at batch 128 on a TPU v3-8,
+# 800k steps in about 10.6 hours.
+PAPER_STEPS_PER_S, PAPER_BATCH, PAPER_STEPS = 21.0, 128, 800_000
+
+# Dense (no sparsity) tensor-core peaks from NVIDIA's datasheets, TFLOP/s; fp32 matmuls run as TF32
+# (the benchmark turns TF32 on). First matching name fragment wins.
+DATASHEET_TFLOPS = [
+    ("H100 PCIe", {"bf16": 756.0, "fp32": 378.0}),
+    ("H100 NVL", {"bf16": 835.0, "fp32": 418.0}),
+    ("H100", {"bf16": 989.4, "fp32": 494.7}),
+    ("H200", {"bf16": 989.4, "fp32": 494.7}),
+    ("A100", {"bf16": 312.0, "fp32": 156.0}),
+]
+
+
+def train_flops_per_image(model: torch.nn.Module, loss_fn, x0: torch.Tensor) -> float:
+    """Convolution, matmul and attention FLOPs of one forward + backward, per image.
+
+    Attention runs on the math backend while counting, so that its two matmuls are counted
+    on every device (the fused CPU kernel has no FLOP formula); they are the same FLOPs the
+    fused kernels do, less the backward recomputation of flash attention.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = x0[:2]
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        loss_fn(x).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / x.shape[0]
+
+
+def datasheet_tflops(device: torch.device, precision: str) -> tuple[float, str] | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for fragment, peaks in DATASHEET_TFLOPS:
+        if fragment in name:
+            return peaks[precision], name
+    return None
+
+
+def measured_matmul_tflops(device: torch.device, dtype: torch.dtype) -> float:
+    """The rate of a large square matmul on this device: the practical ceiling for MFU."""
+    n, reps = (8192, 20) if device.type == "cuda" else (2048, 5)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    a @ b  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
+
+
 # ---------------------------------------------------------------------------- timing
 def images_per_s(step: Callable[[], None], batch: int, steps: int, device: torch.device) -> float:
     if device.type == "cuda":
@@ -108,8 +182,9 @@ def images_per_s(step: Callable[[], None], batch: int, steps: int, device: torch
     return steps * batch / (time.perf_counter() - t0)
 
 
-def make_step(model: torch.nn.Module, loss_fn, x0: torch.Tensor, dtype, device, fused: bool):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
+def make_step(model: torch.nn.Module, loss_fn, x0: torch.Tensor, dtype, optimizer: str = "ours"):
+    opt = OPTIMIZERS[optimizer][1](model.parameters())
+    device = x0.device
 
     def step():
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -131,6 +206,8 @@ def main() -> None:
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--compile", action="store_true", help="torch.compile every model")
+    ap.add_argument("--same-optimizer", action="store_true",
+                    help="train all three with our fused AdamW instead of each tool's own optimizer")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -150,13 +227,15 @@ def main() -> None:
     model, diffusion = lucidrains_peer(cfg, device, w)
     contenders["lucidrains"] = (model, diffusion)
 
-    steps = {}
+    steps, flops, optimizers = {}, {}, {}
     for name, (model, loss_fn) in contenders.items():
         n = count_parameters(model)
         if abs(n - target) > 0.1 * target:
             print(f"warning: {name} has {n / 1e6:.2f}M parameters, more than 10% from ours ({target / 1e6:.2f}M)")
+        flops[name] = train_flops_per_image(model, loss_fn, x0)
         fn = torch.compile(loss_fn) if args.compile else loss_fn
-        steps[name] = make_step(model, fn, x0, dtype, device, fused=device.type == "cuda")
+        optimizers[name] = "ours" if args.same_optimizer else name
+        steps[name] = make_step(model, fn, x0, dtype, optimizers[name])
         for _ in range(3):  # warm-up (and compilation)
             steps[name]()
 
@@ -165,16 +244,40 @@ def main() -> None:
         for name, step in steps.items():
             rates[name].append(images_per_s(step, args.batch, args.steps, device))
 
+    def achieved(name: str) -> float:  # TFLOP/s
+        return statistics.median(rates[name]) * flops[name] / 1e12
+
     print(f"\ntraining throughput: {args.size} model, {cfg.data.image_size}x{cfg.data.image_size}x{cfg.data.channels}, "
-          f"batch {args.batch}, {args.precision}, {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print(f"{'model':<12} {'params':>9} {'images/s (median of rounds)':>28}  rounds")
+          f"batch {args.batch}, {args.precision}, {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"{'our optimizer for all' if args.same_optimizer else 'each tool with its own optimizer'}")
+    print(f"{'model':<12} {'params':>9} {'optimizer':>12} {'GFLOP/image':>12} {'images/s':>9} {'TFLOP/s':>8}  "
+          "rounds (images/s)")
     medians = {}
     for name, (model, _) in contenders.items():
         medians[name] = statistics.median(rates[name])
-        print(f"{name:<12} {count_parameters(model) / 1e6:>8.3f}M {medians[name]:>28.1f}  "
-              + " ".join(f"{r:.1f}" for r in rates[name]))
+        print(f"{name:<12} {count_parameters(model) / 1e6:>8.3f}M {OPTIMIZERS[optimizers[name]][0]:>12} "
+              f"{flops[name] / 1e9:>12.3f} {medians[name]:>9.1f} "
+              f"{achieved(name):>8.3f}  " + " ".join(f"{r:.1f}" for r in rates[name]))
     peer = max(("diffusers", "lucidrains"), key=medians.get)
     print(f"ours / fastest peer ({peer}): {medians['ours'] / medians[peer]:.2f}x")
+
+    matmul = measured_matmul_tflops(device, dtype or torch.float32)
+    sheet = datasheet_tflops(device, args.precision)
+    print("\nutilisation (matmul/conv/attention FLOPs of forward + backward; optimizer and elementwise not counted)")
+    print(f"  measured {args.precision} matmul on this device: {matmul:.3f} TFLOP/s; "
+          f"ours reaches {achieved('ours') / matmul:.1%} of it")
+    if sheet:
+        print(f"  datasheet peak ({sheet[1]}, {args.precision}, dense): {sheet[0]:.1f} TFLOP/s; "
+              f"MFU of ours {achieved('ours') / sheet[0]:.1%}")
+
+    steps_per_s = medians["ours"] / args.batch
+    print(f"\nours: {steps_per_s:.2f} steps/s at batch {args.batch} -> {PAPER_STEPS // 1000}k steps in "
+          f"{PAPER_STEPS / steps_per_s / 3600:.1f} h")
+    if args.size == "cifar10":
+        print(f"  DDPM paper (TPU v3-8): {PAPER_STEPS_PER_S:.0f} steps/s at batch {PAPER_BATCH} -> "
+              f"{PAPER_STEPS // 1000}k steps in {PAPER_STEPS / PAPER_STEPS_PER_S / 3600:.1f} h "
+              f"({PAPER_STEPS_PER_S * PAPER_BATCH * flops['ours'] / 1e12:.1f} TFLOP/s of this model's FLOPs)"
+              + ("" if args.batch == PAPER_BATCH else f"; compare at --batch {PAPER_BATCH}"))
 
 
 if __name__ == "__main__":

@@ -66,6 +66,15 @@ def build_model(model_cfg: ModelConfig, image_size: int, channels: int) -> UNet:
     return UNet(model_cfg, image_size=image_size, channels=channels)
 
 
+def build_optimizer(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with the fused kernel on CPU and GPU alike: one pass over all parameters.
+
+    On the 2-core CPU the default (per-tensor) AdamW step took 17-23 ms on the default model and
+    0.2-0.25 s on the 35.7M CIFAR-10 model; fused, 3 ms and 0.03 s (README, Benchmarks).
+    """
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+
+
 def to_model_input(batch_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 NHWC -> float NCHW in [-1, 1]."""
     return batch_uint8.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
@@ -203,8 +212,7 @@ def train(
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     model = build_model(cfg.model, h, c).to(device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
-    fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=fused)
+    optimizer = build_optimizer(model.parameters(), tc.lr, tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.warmup_steps, tc.steps, tc.lr_decay))
     sampler = BatchSampler(n, tc.batch_size, cfg.seed)
     flip_gen = torch.Generator().manual_seed(cfg.seed + 1)
