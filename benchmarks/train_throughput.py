@@ -256,8 +256,8 @@ def main() -> None:
     for name, (model, _) in contenders.items():
         medians[name] = statistics.median(rates[name])
         print(f"{name:<12} {count_parameters(model) / 1e6:>8.3f}M {OPTIMIZERS[optimizers[name]][0]:>12} "
-              f"{flops[name] / 1e9:>12.3f} {medians[name]:>9.1f} "
-              f"{achieved(name):>8.3f}  " + " ".join(f"{r:.1f}" for r in rates[name]))
+              f"{flops[name] / 1e9:>12.3f} {medians[name]:>9.4g} "
+              f"{achieved(name):>8.3f}  " + " ".join(f"{r:.4g}" for r in rates[name]))
     peer = max(("diffusers", "lucidrains"), key=medians.get)
     print(f"ours / fastest peer ({peer}): {medians['ours'] / medians[peer]:.2f}x")
 
