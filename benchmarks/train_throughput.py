@@ -240,9 +240,9 @@ def main() -> None:
             steps[name]()
 
     rates = {name: [] for name in steps}
-    for _ in range(args.rounds):  # interleaved, so machine load hits all alike
-        for name, step in steps.items():
-            rates[name].append(images_per_s(step, args.batch, args.steps, device))
+    for i in range(args.rounds):  # interleaved, order alternating, so machine load hits all alike
+        for name in list(steps) if i % 2 == 0 else reversed(steps):
+            rates[name].append(images_per_s(steps[name], args.batch, args.steps, device))
 
     def achieved(name: str) -> float:  # TFLOP/s
         return statistics.median(rates[name]) * flops[name] / 1e12
@@ -260,6 +260,11 @@ def main() -> None:
               f"{achieved(name):>8.3f}  " + " ".join(f"{r:.4g}" for r in rates[name]))
     peer = max(("diffusers", "lucidrains"), key=medians.get)
     print(f"ours / fastest peer ({peer}): {medians['ours'] / medians[peer]:.2f}x")
+    paired = [a / b for a, b in zip(rates["ours"], rates[peer])]  # round by round: what load hit both
+    if len(paired) >= 4:
+        q1, _, q3 = statistics.quantiles(paired, n=4)
+        print(f"  paired by round: median {statistics.median(paired):.3f}x, interquartile {q1:.3f}-{q3:.3f}, "
+              f"ours faster in {sum(r > 1 for r in paired)} of {len(paired)} rounds")
 
     matmul = measured_matmul_tflops(device, dtype or torch.float32)
     sheet = datasheet_tflops(device, args.precision)
