@@ -16,7 +16,7 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.train_throughput import PROFILES, make_step, ours, profile_config
+from benchmarks.train_throughput import PROFILES, make_step, ours, profile_config, synchronize
 
 # operator name fragments -> family (first match wins; backward ops carry the forward's name)
 FAMILIES = [
@@ -63,8 +63,7 @@ def main() -> None:
     with profile(activities=activities) as prof:
         for _ in range(args.steps):
             step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
 
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     events = [e for e in prof.key_averages() if getattr(e, key) > 0]

@@ -160,25 +160,27 @@ def measured_matmul_tflops(device: torch.device, dtype: torch.dtype) -> float:
     n, reps = (8192, 20) if device.type == "cuda" else (2048, 5)
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     a @ b  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     t0 = time.perf_counter()
     for _ in range(reps):
         a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
 
 
 # ---------------------------------------------------------------------------- timing
-def images_per_s(step: Callable[[], None], batch: int, steps: int, device: torch.device) -> float:
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so that a host clock reads the device's time."""
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
+
+
+def images_per_s(step: Callable[[], None], batch: int, steps: int, device: torch.device) -> float:
+    synchronize(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     return steps * batch / (time.perf_counter() - t0)
 
 
