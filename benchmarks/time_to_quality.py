@@ -1,0 +1,257 @@
+"""Time to quality: our default recipe against diffusers' and lucidrains' training defaults.
+
+Each contender trains on the default profile's data (the 4,000 embedded training digits) on this
+machine, at matched parameter count (within 10% of ours), and is scored by our evaluation: 1,000
+samples, domain FID against the held-out split and the share the domain classifier is confident of
+(inception FID at the largest budget with --inception). Wall clock counts training only.
+
+- ours: the default profile (src/ddpm/config.py), trained once per budget with train.steps scaled
+  to it (the cosine LR decay ends with the run), sampled with the default sampler;
+- diffusers: examples/unconditional_image_generation/train_unconditional.py's defaults: UNet2DModel,
+  DDPMScheduler (1,000 steps, linear betas, eps-prediction), AdamW lr 1e-4 (betas 0.95/0.999,
+  weight decay 1e-6), cosine LR with 500 warm-up steps over its default 100 epochs, batch 16,
+  gradient clipping at 1, no EMA; sampled with DDIM, 50 steps;
+- lucidrains: denoising-diffusion-pytorch's GaussianDiffusion + Trainer defaults: Unet, sigmoid
+  betas, v-prediction, Adam lr 1e-4 (betas 0.9/0.99), batch 16, EMA 0.995 every 10 steps, gradient
+  clipping at 1; sampled with its DDIM, 50 steps.
+Flips are off for all three (digits are not mirror-symmetric; lucidrains' Trainer flips by default).
+Each peer trains once for the longest budget and is scored at every budget from a snapshot.
+
+Prints one table and, for each contender, the wall clock it needs to reach our default's final
+domain FID (interpolated between budgets; ">" when it never does) and its ratio to ours.
+
+    pip install -e '.[bench]'
+    PYTHONPATH=. python benchmarks/time_to_quality.py --workspace . --inception
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmarks.recipe_search import score
+from benchmarks.train_throughput import matched
+from ddpm.config import Config
+from ddpm.data import load_split, to_model_input, to_uint8_images
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.sampling import generate
+from ddpm.train import train
+from ddpm.unet import UNet, count_parameters
+
+
+# ---------------------------------------------------------------------------- peers
+def diffusers_unet(cfg: Config, width: int) -> torch.nn.Module:
+    from diffusers import UNet2DModel
+
+    levels = len(cfg.model.channel_mult)
+    attn = [cfg.data.image_size // 2**i in cfg.model.attention_resolutions for i in range(levels)]
+    return UNet2DModel(
+        sample_size=cfg.data.image_size, in_channels=cfg.data.channels, out_channels=cfg.data.channels,
+        block_out_channels=tuple(width * m for m in cfg.model.channel_mult), layers_per_block=cfg.model.num_res_blocks,
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+        norm_num_groups=cfg.model.norm_groups, attention_head_dim=None)
+
+
+def lucidrains_unet(cfg: Config, width: int) -> torch.nn.Module:
+    from denoising_diffusion_pytorch import Unet
+
+    levels = len(cfg.model.channel_mult)
+    full_attn = tuple(cfg.data.image_size // 2**i in cfg.model.attention_resolutions for i in range(levels))
+    return Unet(dim=width, dim_mults=cfg.model.channel_mult, channels=cfg.data.channels, full_attn=full_attn,
+                flash_attn=True)
+
+
+class Diffusers:
+    name = "diffusers"
+    batch_size, epochs = 16, 100  # train_unconditional.py defaults
+
+    def __init__(self, cfg: Config, width: int, n_train: int):
+        from diffusers import DDPMScheduler
+        from diffusers.optimization import get_scheduler
+
+        self.model = diffusers_unet(cfg, width)
+        self.scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.95, 0.999),
+                                           weight_decay=1e-6, eps=1e-8)
+        total = math.ceil(n_train / self.batch_size) * self.epochs
+        self.lr = get_scheduler("cosine", optimizer=self.optimizer, num_warmup_steps=500, num_training_steps=total)
+
+    def step(self, x0: torch.Tensor) -> None:
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (x0.shape[0],))
+        loss = F.mse_loss(self.model(self.scheduler.add_noise(x0, noise, t), t).sample, noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.lr.step()
+        self.optimizer.zero_grad()
+
+    def snapshot(self) -> dict:
+        return copy.deepcopy(self.model.state_dict())
+
+    @torch.no_grad()
+    def sample(self, state: dict, n: int, seed: int, cfg: Config) -> np.ndarray:
+        from diffusers import DDIMScheduler
+
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(state)
+        model.eval()
+        ddim = DDIMScheduler.from_config(self.scheduler.config)
+        generator = torch.Generator().manual_seed(seed)
+        out = []
+        for i in range(0, n, 250):
+            x = torch.randn((min(250, n - i), cfg.data.channels, cfg.data.image_size, cfg.data.image_size),
+                            generator=generator)
+            ddim.set_timesteps(50)
+            for t in ddim.timesteps:
+                x = ddim.step(model(x, t).sample, t, x, eta=0.0).prev_sample
+            out.append(to_uint8_images(x))
+        return np.concatenate(out)
+
+
+class Lucidrains:
+    name = "lucidrains"
+    batch_size = 16  # Trainer defaults
+
+    def __init__(self, cfg: Config, width: int, n_train: int):
+        from denoising_diffusion_pytorch import GaussianDiffusion as LucidrainsDiffusion
+        from ema_pytorch import EMA
+
+        self.diffusion = LucidrainsDiffusion(lucidrains_unet(cfg, width), image_size=cfg.data.image_size,
+                                             sampling_timesteps=50)  # sampling only; training takes all 1,000
+        self.model = self.diffusion.model
+        self.optimizer = torch.optim.Adam(self.diffusion.parameters(), lr=1e-4, betas=(0.9, 0.99))
+        self.ema = EMA(self.diffusion, beta=0.995, update_every=10)
+
+    def step(self, x0: torch.Tensor) -> None:
+        loss = self.diffusion((x0 + 1) / 2)  # the Trainer feeds [0, 1] images; auto_normalize maps them to [-1, 1]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.diffusion.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        self.ema.update()
+
+    def snapshot(self) -> dict:
+        return copy.deepcopy(self.ema.ema_model.state_dict())
+
+    @torch.no_grad()
+    def sample(self, state: dict, n: int, seed: int, cfg: Config) -> np.ndarray:
+        model = copy.deepcopy(self.ema.ema_model)
+        model.load_state_dict(state)
+        model.eval()
+        torch.manual_seed(seed)
+        out = [to_uint8_images(model.sample(batch_size=min(250, n - i)) * 2 - 1) for i in range(0, n, 250)]
+        return np.concatenate(out)
+
+
+def train_peer(peer, images: np.ndarray, budgets_s: list[float], seed: int) -> dict[float, dict]:
+    """Train until the last budget; a snapshot of the weights it samples with at each budget."""
+    torch.manual_seed(seed)
+    data = torch.from_numpy(images)
+    order = torch.Generator().manual_seed(seed)
+    snapshots, trained_s, step = {}, 0.0, 0
+    pending = sorted(budgets_s)
+    peer.model.train()
+    while pending:
+        t0 = time.perf_counter()
+        peer.step(to_model_input(data[torch.randint(0, len(data), (peer.batch_size,), generator=order)]))
+        trained_s += time.perf_counter() - t0
+        step += 1
+        if trained_s >= pending[0]:
+            snapshots[pending.pop(0)] = {"state": peer.snapshot(), "steps": step, "wall_s": trained_s}
+            print(f"  {peer.name}: {step} steps in {trained_s:.0f} s", flush=True)
+    return snapshots
+
+
+# ---------------------------------------------------------------------------- ours
+def ours_at(cfg: Config, images: np.ndarray, steps: int) -> tuple[np.ndarray, dict]:
+    run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
+    result = train(run_cfg, images, progress=False)
+    samples = generate(result.ema, GaussianDiffusion.from_config(cfg.diffusion), cfg.sample, progress=False)
+    return samples, {"steps": steps, "wall_s": result.stats["wall_s"]}
+
+
+def time_to_reach(points: list[tuple[float, float]], target: float) -> float | None:
+    """The first wall clock at which FID reaches `target`, interpolated linearly between budgets."""
+    for (t0, f0), (t1, f1) in zip([(0.0, math.inf)] + points, points):
+        if f1 <= target:
+            return t1 if not math.isfinite(f0) else t0 + (t1 - t0) * (f0 - target) / (f0 - target + (target - f1))
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workspace", type=Path, default=Path("."), help="where `dvc repro reference` has run")
+    ap.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 1.0],
+                    help="our budgets as shares of the default's train.steps")
+    ap.add_argument("--peer-budgets", type=float, nargs="+", default=[0.25, 0.5, 1.0, 1.5, 2.0],
+                    help="the peers' budgets as multiples of our default's wall clock")
+    ap.add_argument("--inception", action="store_true", help="inception FID at each contender's largest budget")
+    ap.add_argument("--out", type=Path, default=Path("reports/time_to_quality.json"))
+    args = ap.parse_args()
+
+    cfg = Config()  # the default profile
+    images = load_split(args.workspace / "data/prepared/train.npz").images
+    rows: list[dict] = []
+
+    def scored(name: str, samples: np.ndarray, info: dict, inception: bool) -> None:
+        row = {"contender": name, **info, "domain": score(samples, args.workspace, cfg, "domain")}
+        if inception:
+            row["inception"] = score(samples, args.workspace, cfg, "inception")
+        rows.append(row)
+        print(f"{name:<11} {info['steps']:>6} steps {info['wall_s']:>6.0f} s  domain FID {row['domain']['fid']:.3f}  "
+              f"confident {row['domain']['confident']:.1%}" +
+              (f"  inception FID {row['inception']['fid']:.2f}" if inception else ""), flush=True)
+
+    for fraction in sorted(args.fractions):
+        steps = max(1, round(cfg.train.steps * fraction))
+        samples, info = ours_at(cfg, images, steps)
+        scored("ours", samples, info, args.inception and fraction == max(args.fractions))
+    ours = [r for r in rows if r["contender"] == "ours"]
+    default_s, target = ours[-1]["wall_s"], ours[-1]["domain"]["fid"]
+
+    n_ours = count_parameters(UNet(cfg.model, cfg.data.image_size, cfg.data.channels))
+    for peer_cls, build in ((Diffusers, diffusers_unet), (Lucidrains, lucidrains_unet)):
+        width, _ = matched(lambda w: build(cfg, w), n_ours)
+        peer = peer_cls(cfg, width, len(images))
+        n_peer = count_parameters(peer.model)
+        print(f"{peer.name}: width {width}, {n_peer / 1e6:.3f}M parameters (ours {n_ours / 1e6:.3f}M)", flush=True)
+        budgets = [b * default_s for b in args.peer_budgets]
+        for budget, snap in sorted(train_peer(peer, images, budgets, cfg.seed).items()):
+            samples = peer.sample(snap["state"], cfg.sample.num_samples, cfg.sample.seed, cfg)
+            scored(peer.name, samples, {"steps": snap["steps"], "wall_s": snap["wall_s"], "parameters": n_peer},
+                   args.inception and budget == max(budgets))
+
+    print(f"\ntime to quality on {torch.get_num_threads()} threads, torch {torch.__version__}; target: our default's "
+          f"final domain FID {target:.3f} (N = {cfg.sample.num_samples}, {default_s:.0f} s of training)")
+    print(f"{'contender':<11} {'steps':>6} {'train s':>8} {'domain FID':>11} {'confident':>10} {'inception FID':>14}")
+    for r in rows:
+        inc = f"{r['inception']['fid']:.2f}" if "inception" in r else ""
+        print(f"{r['contender']:<11} {r['steps']:>6} {r['wall_s']:>8.0f} {r['domain']['fid']:>11.3f} "
+              f"{r['domain']['confident']:>10.1%} {inc:>14}")
+    reach = {}
+    for name in ("ours", "diffusers", "lucidrains"):
+        points = [(r["wall_s"], r["domain"]["fid"]) for r in rows if r["contender"] == name]
+        reach[name] = (time_to_reach(points, target), max(p[0] for p in points))
+    ours_s = reach["ours"][0]
+    for name, (t, longest) in reach.items():
+        print(f"{name:<11} reaches FID {target:.3f} after " +
+              (f"{t:.0f} s ({t / ours_s:.2f}x ours)" if t is not None else
+               f"more than {longest:.0f} s (more than {longest / ours_s:.2f}x ours)"))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"target_fid": target, "rows": rows,
+                                    "reach_s": {k: v[0] for k, v in reach.items()}}, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
