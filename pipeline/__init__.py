@@ -1,1 +1,26 @@
-"""Orchestration: one thin entry point per DVC stage (paths and I/O, no maths)."""
+"""The stage entry points (`python -m pipeline.<stage>`), the Prefect flow and its deployments.
+
+Importing the package pins the CPU kernels to AVX2 when params.yaml asks for it
+(`runtime.cpu_isa: avx2`, the default; ddpm.runtime says why): it runs before any stage module
+loads torch, which reads these variables once. A params.yaml that cannot be read leaves the pin
+on; the stage then reports what is wrong with the file.
+"""
+
+import os as _os
+
+
+def _pin_cpu_kernels() -> None:
+    try:
+        import yaml
+
+        with open("params.yaml") as f:
+            isa = ((yaml.safe_load(f) or {}).get("runtime") or {}).get("cpu_isa", "avx2")
+    except Exception:  # missing, unreadable or malformed: the stage's config loader says what is wrong
+        isa = "avx2"
+    if isa != "native":
+        from ddpm.param_groups import PORTABLE_CPU_ENV  # torch-free, unlike ddpm.runtime
+
+        _os.environ.update(PORTABLE_CPU_ENV)
+
+
+_pin_cpu_kernels()

@@ -11,7 +11,7 @@ DATA_META = PREPARED / "meta.json"
 
 CLASSIFIER = Path("models/classifier.pt")
 CHECKPOINT = Path("models/checkpoint.pt")
-RESUME = Path("models/resume/train.pt")  # snapshots of a run in progress; not a DVC output
+RESUME = Path("models/resume")  # snapshots of a run in progress (ddpm.checkpoints.SnapshotStore); not DVC's
 
 SAMPLES = Path("samples/samples.npz")
 
@@ -24,7 +24,7 @@ def reference_file(space: str) -> Path:
 
 REPORTS = Path("reports")
 METRICS = REPORTS / "metrics"
-FEATURES_METRICS = METRICS / "features.json"
+CLASSIFIER_METRICS = METRICS / "classifier.json"
 TRAIN_METRICS = METRICS / "train.json"
 SAMPLE_METRICS = METRICS / "sample.json"
 EVALUATE_METRICS = METRICS / "evaluate.json"
@@ -34,10 +34,17 @@ LOSS_CURVE = REPORTS / "plots" / "loss.csv"
 FIGURES = REPORTS / "figures"
 SAMPLE_GRID = FIGURES / "samples.png"
 LOSS_FIGURE = FIGURES / "loss.png"
+TRAJECTORY_FIGURE = FIGURES / "trajectory.png"
+SWEEP_FIGURE = FIGURES / "sampler_sweep.png"
+COVERAGE_FIGURE = FIGURES / "coverage.png"
+TRAINING_QUALITY_FIGURE = FIGURES / "training_quality.png"
+COVERAGE_TABLE = REPORTS / "plots" / "class_coverage.csv"  # report: evaluate.json's class shares as a DVC plot
+TRAIN_EVAL = REPORTS / "plots" / "train_eval.csv"  # FID against training step, when train measures it
 REPORT_MD = REPORTS / "report.md"
 REPORT_HTML = REPORTS / "report.html"
+TIMING = REPORTS / "timing"  # each stage's wall time (pipeline.stage.run); not a DVC output
 
-# MLflow (issue 5): the default tracking backend, inside the project and ignored by git and DVC;
+# MLflow: the default tracking backend, inside the project and ignored by git and DVC;
 # MLFLOW_TRACKING_URI replaces both with a server.
 MLFLOW_DB = Path("mlflow.db")
 MLFLOW_ARTIFACTS = Path("mlruns")

@@ -1,6 +1,6 @@
 """Write params.yaml for a profile: the defaults (src/ddpm/config.py) with profiles/NAME.yaml on top.
 
-    python -m pipeline.profile default        # 2 CPU cores, embedded MNIST subset, < 15 min
+    python -m pipeline.profile default        # embedded MNIST subset on 2 CPU cores (README, "Measured")
     python -m pipeline.profile tiny           # seconds; what the integration tests run
     python -m pipeline.profile cifar10-gpu    # the DDPM paper's 35.7M CIFAR-10 model, on a GPU
 """

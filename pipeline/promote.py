@@ -3,7 +3,8 @@
 The candidate (register's version) becomes `champion` only when it beats the current champion
 on tracking.champion_metric measured the same way: same feature space and weights, same N,
 same held-out split (and, for the domain space, the same classifier). The decision and its
-reason go to the run and to reports/metrics/registry.json, which the report renders.
+reason go to the run and to reports/metrics/registry.json, which the report renders; the file
+also names the run (tracking URI without credentials, experiment id, run id) for the Prefect flow.
 It re-runs when the evaluation, the parameters or the registration (models/registered.json,
 which changes with the tracking backend) change; a run takes its decision once.
 """
@@ -11,8 +12,8 @@ which changes with the tracking backend) change; a run takes its decision once.
 from ddpm.config import Config
 from ddpm.io import write_json
 from pipeline import paths
+from pipeline.run_logging import file_sha256, fingerprint, pipeline_run
 from pipeline.stage import log, read_json, run
-from pipeline.tracking import file_sha256, fingerprint, pipeline_run
 
 
 def measurement(cfg: Config, evaluation: dict) -> dict:
@@ -27,7 +28,7 @@ def measurement(cfg: Config, evaluation: dict) -> dict:
 
 
 def promote(cfg: Config) -> None:
-    from ddpm.tracking import flatten, split_values
+    from ddpm.mlflow_client import flatten, redact, split_values
 
     registered = read_json(paths.REGISTERED)
     evaluation, sample = read_json(paths.EVALUATE_METRICS), read_json(paths.SAMPLE_METRICS)
@@ -42,7 +43,9 @@ def promote(cfg: Config) -> None:
                               fingerprint(paths.SAMPLE_METRICS, paths.EVALUATE_METRICS, paths.SAMPLE_GRID), logged)
         decision = run_.tracker.champion_gate(run_.run_id, registered["model"], registered["version"],
                                               measurement(cfg, evaluation))
-    write_json(paths.REGISTRY_METRICS, decision)
+        # the run's address (decision["run_id"] is the run): what the Prefect flow links to
+        where = {"tracking_uri": redact(run_.tracker.uri), "experiment_id": run_.tracker.experiment_id}
+    write_json(paths.REGISTRY_METRICS, {**decision, **where})
     log.info("champion gate: %s (%s); champion is %s version %s", decision["decision"], decision["reason"],
              decision["model"], decision["champion"])
 

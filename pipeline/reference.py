@@ -10,7 +10,7 @@ from ddpm.config import Config
 from ddpm.data import floor_indices, load_split
 from ddpm.evaluation import compute_reference
 from ddpm.io import atomic_dir
-from ddpm.train import resolve_device
+from ddpm.runtime import resolve_device
 from pipeline import paths
 from pipeline.spaces import feature_space
 from pipeline.stage import log, progress_enabled, run
@@ -19,7 +19,7 @@ from pipeline.stage import log, progress_enabled, run
 def reference(cfg: Config) -> None:
     train, test = load_split(paths.TRAIN_SPLIT), load_split(paths.TEST_SPLIT)
     floor = train.images[floor_indices(len(train), len(test), cfg.seed)]
-    device = str(resolve_device(cfg.train.device))
+    device = str(resolve_device(cfg.runtime.device))
     refs = {}
     for name in cfg.evaluate.spaces:
         space = feature_space(cfg, name)

@@ -2,18 +2,19 @@
 
 import time
 
+from ddpm.checkpoints import load_ema_model
 from ddpm.config import Config
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.io import save_npz, write_json
 from ddpm.report import save_grid
+from ddpm.runtime import resolve_device
 from ddpm.sampling import generate
-from ddpm.train import load_ema_model, resolve_device
 from pipeline import paths
 from pipeline.stage import log, progress_enabled, run
 
 
-def sample(cfg: Config) -> None:
-    device = resolve_device(cfg.train.device)
+def sample(cfg: Config) -> dict:
+    device = resolve_device(cfg.runtime.device)
     model, trained = load_ema_model(paths.CHECKPOINT, device)
     diffusion = GaussianDiffusion.from_config(trained.diffusion)
     t0 = time.perf_counter()
@@ -21,10 +22,10 @@ def sample(cfg: Config) -> None:
     wall = time.perf_counter() - t0
     save_npz(paths.SAMPLES, images=images)
     save_grid(paths.SAMPLE_GRID, images[: cfg.sample.grid_size])
-    steps = diffusion.num_timesteps if cfg.sample.sampler == "ddpm" else min(cfg.sample.steps, diffusion.num_timesteps)
-    write_json(paths.SAMPLE_METRICS, {"sample": {"n": len(images), "sampler": cfg.sample.sampler, "steps": steps,
-                                                 "wall_s": wall, "samples_per_s": len(images) / wall}})
+    steps = diffusion.num_timesteps if cfg.sample.sampler == "ddpm" else cfg.sample.steps
+    write_json(paths.SAMPLE_METRICS, {"sample": {"n": len(images), "sampler": cfg.sample.sampler, "steps": steps}})
     log.info("%d samples (%s, %d steps) in %.1f s", len(images), cfg.sample.sampler, steps, wall)
+    return {"samples_per_s": len(images) / wall}
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
-"""Run under torchrun by tests/test_distributed.py: train the test config for `max_steps`, snapshots to argv[1]."""
+"""Run under torchrun by tests/test_distributed.py: train the test config (argv[4]: its steps) for `max_steps`
+steps, snapshots in argv[1], history and stats to argv[3]."""
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -8,13 +10,16 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file: make `tests` importable
 
+from ddpm.checkpoints import SnapshotStore
 from ddpm.data import load_splits
 from ddpm.train import train
 from tests.test_distributed import CFG
 
 if __name__ == "__main__":
     resume, max_steps, history_out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    result = train(CFG, load_splits(CFG.data, seed=0).train.images, resume_path=resume, progress=False,
+    cfg = CFG if len(sys.argv) < 5 else dataclasses.replace(CFG, train=dataclasses.replace(CFG.train,
+                                                                                          steps=int(sys.argv[4])))
+    result = train(cfg, load_splits(cfg.data, seed=0).train.images, snapshots=SnapshotStore(resume), progress=False,
                    max_steps=max_steps)
     if dist.get_rank() == 0:
         with open(history_out, "w") as f:

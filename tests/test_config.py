@@ -40,6 +40,13 @@ def test_cifar10_profile_is_the_papers_35_7m_model():
     ({"train": {"steps": "many"}}, r"train\.steps = 'many' must be an integer"),
     ({"model": {"attention_resolutions": [5]}}, r"not a U-Net resolution"),
     ({"model": {"norm_groups": 5}}, r"model\.norm_groups"),
+    ({"sample": {"steps": 1001}}, r"sample\.steps = 1001 is more than diffusion\.timesteps = 1000: .*use at most 1000"),
+    ({"sweep": {"steps": [10, 2000]}}, r"sweep\.steps = \[10, 2000\] is more than diffusion\.timesteps = 1000"),
+    ({"train": {"keep_best": True, "eval_every": 0}}, r"train\.keep_best = True .* false when train\.eval_every is 0"),
+    ({"train": {"ema_sigma_rel": 0.5}}, r"train\.ema_sigma_rel = 0\.5 is out of range: expected null .* or in \(0, 0\.28\)"),
+    ({"runtime": {"device": "tpu"}}, r"runtime\.device = 'tpu' is out of range"),
+    ({"runtime": {"cpu_isa": "avx512"}}, r"runtime\.cpu_isa = 'avx512' is not allowed: choose one of 'avx2', 'native'"),
+    ({"sample": {"sampler": "euler"}}, r"sample\.sampler = 'euler' is not allowed: choose one of 'ddpm', 'ddim', 'dpmpp_2m'"),
 ])
 def test_bad_values_name_the_key_and_the_fix(raw, match):
     with pytest.raises(ConfigError, match=match) as info:

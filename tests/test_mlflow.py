@@ -1,13 +1,10 @@
-"""MLflow: the champion gate's rule, and the tiny DAG against a real `mlflow server` (runs, registry, serving, outage)."""
+"""MLflow: the champion gate's rule; the tiny DAG against a real `mlflow server` (runs, registry, serving, outage)."""
 
-import contextlib
 import csv
 import hashlib
 import json
-import os
 import re
-import signal
-import socket
+import shutil
 import subprocess
 import sys
 import time
@@ -19,10 +16,13 @@ import numpy as np
 import pytest
 import yaml
 
-from ddpm import tracking
+from ddpm.champion import gate
 from ddpm.config import config_from_dict
-from ddpm.errors import ConfigError, TrackingError
-from tests.helpers import copy_project, env, run, use_profile
+from ddpm.errors import ConfigError, TrackingUnavailable
+from ddpm.mlflow_client import Tracker, flatten, redact
+from pipeline.stage import EXIT_TEMPORARY
+from tests.helpers import copy_project, run, use_profile
+from tests.mlflow_server import Server, free_port, mlflow_env, stop, wait_http
 
 MODEL = "ddpm-generator"
 
@@ -34,35 +34,35 @@ def measured(value, n=1000, metric="domain.fid", **under):
 
 
 def test_first_candidate_becomes_champion():
-    d = tracking.gate("1", measured(30.0), None, None)
+    d = gate("1", measured(30.0), None, None)
     assert (d["decision"], d["champion"], d["reason"]) == ("promoted", "1", "there was no champion yet")
 
 
 @pytest.mark.parametrize("value, decision, champion", [(20.0, "promoted", "2"), (30.0, "kept", "1"),
                                                        (40.0, "kept", "1"), (float("nan"), "kept", "1")])
 def test_lower_fid_wins_and_ties_keep_the_champion(value, decision, champion):
-    d = tracking.gate("2", measured(value), "1", measured(30.0))
+    d = gate("2", measured(value), "1", measured(30.0))
     assert (d["decision"], d["champion"]) == (decision, champion)
     assert "lower is better" in d["reason"] and "N=1000" in d["reason"]
 
 
 def test_higher_precision_wins():
-    d = tracking.gate("2", measured(0.6, metric="domain.precision"), "1", measured(0.5, metric="domain.precision"))
+    d = gate("2", measured(0.6, metric="domain.precision"), "1", measured(0.5, metric="domain.precision"))
     assert (d["decision"], d["direction"]) == ("promoted", "higher is better")
 
 
 def test_values_at_another_n_or_feature_space_are_not_compared():
-    d = tracking.gate("2", measured(1.0, n=24), "1", measured(30.0, n=1000))
+    d = gate("2", measured(1.0, n=24), "1", measured(30.0, n=1000))
     assert (d["decision"], d["champion"]) == ("kept", "1")
     assert "not comparable" in d["reason"] and "n_samples (1000 vs 24)" in d["reason"]
-    d = tracking.gate("2", measured(1.0, classifier_sha256="b"), "1", measured(30.0, classifier_sha256="a"))
+    d = gate("2", measured(1.0, classifier_sha256="b"), "1", measured(30.0, classifier_sha256="a"))
     assert d["decision"] == "kept" and "classifier_sha256 (a vs b)" in d["reason"]
-    d = tracking.gate("2", measured(1.0, metric="inception.fid"), "1", measured(30.0))
+    d = gate("2", measured(1.0, metric="inception.fid"), "1", measured(30.0))
     assert d["decision"] == "kept" and "was measured on domain.fid" in d["reason"]
 
 
 def test_the_champion_stays_champion():
-    d = tracking.gate("3", measured(50.0), "3", measured(10.0))
+    d = gate("3", measured(50.0), "3", measured(10.0))
     assert (d["decision"], d["champion"]) == ("already champion", "3")
 
 
@@ -78,16 +78,10 @@ def test_bad_tracking_parameters_name_the_key(raw, match):
     assert "\n" not in str(info.value)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_server_that_is_down_is_one_line_naming_mlflow_tracking_uri():
     t0 = time.perf_counter()
-    with pytest.raises(TrackingError) as info:
-        tracking.Tracker(f"http://127.0.0.1:{free_port()}", "ddpm")
+    with pytest.raises(TrackingUnavailable) as info:  # worth a retry: the flow retries it (EXIT_TEMPORARY)
+        Tracker(f"http://127.0.0.1:{free_port()}", "ddpm")
     message = str(info.value)
     assert time.perf_counter() - t0 < 20  # MLflow's own defaults retry for minutes
     assert "\n" not in message and "MLFLOW_TRACKING_URI=http://127.0.0.1:" in message
@@ -95,75 +89,27 @@ def test_a_server_that_is_down_is_one_line_naming_mlflow_tracking_uri():
 
 
 def test_credentials_never_reach_a_message():
-    assert tracking.redact("https://alice:s3cret@mlflow.example.com/x") == "https://***@mlflow.example.com/x"
+    assert redact("https://alice:s3cret@mlflow.example.com/x") == "https://***@mlflow.example.com/x"
 
 
 def test_served_requests_are_validated():
     from mlflow.exceptions import MlflowException
 
     from ddpm.generator_model import request_config
+    from ddpm.param_groups import SampleConfig
 
-    cfg = request_config({"num_samples": 5, "seed": float("nan")})  # a missing cell in a multi-row frame
-    assert (cfg.num_samples, cfg.sampler, cfg.steps, cfg.seed, cfg.batch_size) == (5, "ddim", 50, 0, 5)
+    registered = SampleConfig(sampler="dpmpp_2m", steps=20, seed=7)  # what the model was registered with
+    cfg = request_config({"num_samples": 5, "seed": float("nan")}, registered, 1000)  # a missing cell
+    assert (cfg.num_samples, cfg.sampler, cfg.steps, cfg.seed, cfg.batch_size) == (5, "dpmpp_2m", 20, 7, 5)
     for row, match in [({}, "num_samples is required"), ({"num_samples": 0}, "sample.num_samples = 0"),
-                       ({"num_samples": 2, "sampler": "euler"}, "choose 'ddpm' or 'ddim'"),
+                       ({"num_samples": 2, "sampler": "euler"}, "choose one of 'ddpm', 'ddim', 'dpmpp_2m'"),
+                       ({"num_samples": 2, "steps": 1001}, "more than the model's 1000 timesteps"),
                        ({"num_samples": 10**6}, "at most 4096")]:
         with pytest.raises(MlflowException, match=match):
-            request_config(row)
+            request_config(row, registered, 1000)
 
 
 # ---------------------------------------------------------------------------- a real server
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{url}: process exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """End a process this test started, and its children (its own session)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def mlflow_env() -> dict:
-    e = env()
-    e.update(MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    return e
-
-
-class Server:
-    """`mlflow server` with a SQLite backend and proxied artifacts in a temporary folder, on a free port."""
-
-    def __init__(self, root: Path):
-        self.root, self.port, self.proc = root, free_port(), None
-        self.uri = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-               "--artifacts-destination", str(self.root / "artifacts")]
-        log = self.root / "server.log"
-        self.proc = subprocess.Popen(cmd, cwd=self.root, env=mlflow_env(), stdout=open(log, "ab"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        wait_http(f"{self.uri}/health", self.proc, log)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("mlflow"))
@@ -200,6 +146,17 @@ def repro(project: Path, uri: str | None, check: bool = True) -> subprocess.Comp
     return tracked([sys.executable, "-m", "dvc", "repro"], project, uri, check)
 
 
+@pytest.fixture(scope="module")
+def first_repro(server, project) -> str:
+    """The whole tiny DAG, once, against the server: what every later test starts from (its output)."""
+    return repro(project, server.uri).stdout
+
+
+def project_copy(project: Path, dest: Path) -> Path:
+    """The project with its outputs, DVC cache and git history, for a test that changes it."""
+    return Path(shutil.copytree(project, dest, symlinks=True, ignore=shutil.ignore_patterns("mlflow.db", "mlruns")))
+
+
 def ran(output: str) -> list[str]:
     return re.findall(r"Running stage '([\w-]+)'", output)
 
@@ -228,7 +185,7 @@ def aliases(uri: str) -> dict[str, str]:
 
 
 def flat_params(project: Path) -> dict[str, str]:
-    return {k: str(v) for k, v in tracking.flatten(yaml.safe_load((project / "params.yaml").read_text())).items()}
+    return {k: str(v) for k, v in flatten(yaml.safe_load((project / "params.yaml").read_text())).items()}
 
 
 def lock_md5(project: Path, stage: str, path: str) -> str:
@@ -237,18 +194,20 @@ def lock_md5(project: Path, stage: str, path: str) -> str:
 
 
 @pytest.mark.slow
-def test_repro_logs_one_run_and_registers_one_version(server, project):
-    out = repro(project, server.uri).stdout
-    assert {"register", "promote", "report"} <= set(ran(out))
+def test_repro_logs_one_run_and_registers_one_version(first_repro, server, project):
+    assert {"register", "promote", "report"} <= set(ran(first_repro))
     [r] = runs(server.uri)
     c, run_id = client(server.uri), r.info.run_id
-    # every parameter, flattened
-    assert r.data.params == flat_params(project)
-    # the loss curve, learning rate and images/s per logged step, as reports/plots/loss.csv has them
+    # every parameter, flattened; log_model adds the model's config (the sample parameters) as "sample/KEY"
+    params = flat_params(project)
+    assert {k: v for k, v in r.data.params.items() if "/" not in k} == params
+    assert {k.replace("/", "."): v for k, v in r.data.params.items() if "/" in k} == \
+        {k: v for k, v in params.items() if k.startswith("sample.")}
+    # the loss curve and learning rate per logged step, as reports/plots/loss.csv has them
     with open(project / "reports/plots/loss.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3  # 6 steps, logged every 2
-    for key in ("loss", "lr", "images_per_s"):
+    for key in ("loss", "lr"):
         history = c.get_metric_history(run_id, key)
         assert [(m.step, m.value) for m in history] == [(int(r["step"]), pytest.approx(float(r[key]))) for r in rows]
     # evaluation metrics with their feature space and N
@@ -276,13 +235,14 @@ def test_repro_logs_one_run_and_registers_one_version(server, project):
     assert aliases(server.uri) == {"candidate": "1", "champion": "1"}
     registry = json.loads((project / "reports/metrics/registry.json").read_text())
     assert (registry["decision"], registry["champion"], registry["run_id"]) == ("promoted", "1", run_id)
+    assert (registry["tracking_uri"], registry["experiment_id"]) == (server.uri, r.info.experiment_id)  # flow link
     assert tags["ddpm.gate.decision"] == "promoted" and "no champion yet" in tags["mlflow.note.content"]
     report = (project / "reports/report.md").read_text()
     assert "## Model registry (MLflow)" in report and "Champion gate: **promoted**" in report
 
 
 @pytest.mark.slow
-def test_second_repro_adds_no_version_run_or_point(server, project):
+def test_second_repro_adds_no_version_run_or_point(first_repro, server, project):
     out = repro(project, server.uri).stdout
     assert ran(out) == ["register"]  # it asks the registry every time; nothing else re-runs
     assert versions(server.uri) == ["1"] and len(runs(server.uri)) == 1
@@ -292,7 +252,7 @@ def test_second_repro_adds_no_version_run_or_point(server, project):
 
 
 @pytest.mark.slow
-def test_served_champion_generates_the_pipelines_images(server, project, tmp_path):
+def test_served_champion_generates_the_pipelines_images(first_repro, server, project, tmp_path):
     port = free_port()
     log = tmp_path / "serve.log"
     e = mlflow_env()
@@ -311,7 +271,7 @@ def test_served_champion_generates_the_pipelines_images(server, project, tmp_pat
             np.testing.assert_array_equal(images, z["images"])  # the registered checkpoint, the same sampler
         with pytest.raises(urllib.error.HTTPError) as info:
             invoke(port, {"dataframe_records": [{"num_samples": 2, "sampler": "euler"}]})
-        assert info.value.code == 400 and "choose 'ddpm' or 'ddim'" in info.value.read().decode()
+        assert info.value.code == 400 and "choose one of 'ddpm', 'ddim'" in info.value.read().decode()
     finally:
         stop(proc)
 
@@ -324,11 +284,11 @@ def invoke(port: int, payload: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_server_down_fails_fast_and_loses_nothing(server, project):
+def test_server_down_fails_fast_and_loses_nothing(first_repro, server, project):
     kept = {p: sha256(project / p) for p in ("models/checkpoint.pt", "samples/samples.npz")}
     server.stop()
     proc = tracked([sys.executable, "-m", "pipeline.register"], project, server.uri, check=False)
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == EXIT_TEMPORARY, proc.stderr
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith("error: register: cannot reach the MLflow tracking server at "
                            f"MLFLOW_TRACKING_URI={server.uri}")
@@ -340,36 +300,48 @@ def test_server_down_fails_fast_and_loses_nothing(server, project):
     assert versions(server.uri) == ["1"] and len(runs(server.uri)) == 1
 
 
+@pytest.fixture()
+def server_copy(server, tmp_path):
+    """A second server on a copy of the shared one's runs and registry, for a test that adds to them."""
+    copy = server.clone(tmp_path / "mlflow")
+    copy.start()
+    yield copy
+    copy.stop()
+
+
 @pytest.mark.slow
-def test_a_second_checkpoint_gets_a_version_and_the_gate_decides(server, project):
-    """A new checkpoint (the train stage, 8 steps) is a new candidate; the gate moves `champion` by the rule."""
+def test_a_second_checkpoint_gets_a_version_and_the_gate_decides(first_repro, server_copy, project, tmp_path):
+    """A new checkpoint (the train stage, 8 steps) is a new candidate; the gate moves `champion` by the rule.
+    In copies of the project and the server: the shared ones keep one version and their champion."""
+    project, uri = project_copy(project, tmp_path / "p"), server_copy.uri
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"]["steps"] = 8
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     for stage in ("train", "register"):
-        tracked([sys.executable, "-m", f"pipeline.{stage}"], project, server.uri)
-    assert versions(server.uri) == ["1", "2"] and aliases(server.uri) == {"candidate": "2", "champion": "1"}
-    tracker = tracking.Tracker(server.uri, "ddpm")
+        tracked([sys.executable, "-m", f"pipeline.{stage}"], project, uri)
+    assert versions(uri) == ["1", "2"] and aliases(uri) == {"candidate": "2", "champion": "1"}
+    tracker = Tracker(uri, "ddpm")
     run_id = tracker.find_run({"ddpm.checkpoint_sha256": sha256(project / "models/checkpoint.pt")})
-    assert run_id and run_id != runs(server.uri)[0].info.run_id  # a run of its own
-    champion = json.loads(client(server.uri).get_model_version(MODEL, "1").tags["champion_measurement"])
+    assert run_id and run_id != runs(uri)[0].info.run_id  # a run of its own
+    champion = json.loads(client(uri).get_model_version(MODEL, "1").tags["champion_measurement"])
     worse = {**champion, "value": champion["value"] + 1.0}
     d = tracker.champion_gate(run_id, MODEL, "2", worse)
-    assert (d["decision"], d["champion"]) == ("kept", "1") and aliases(server.uri)["champion"] == "1"
+    assert (d["decision"], d["champion"]) == ("kept", "1") and aliases(uri)["champion"] == "1"
     assert tracker.champion_gate(run_id, MODEL, "2", worse) == d  # taken once per run and measurement
     elsewhere = {**champion, "value": 0.0, "under": {**champion["under"], "n_samples": 1000}}
     d = tracker.champion_gate(run_id, MODEL, "2", elsewhere)
     assert d["decision"] == "kept" and "n_samples (24 vs 1000)" in d["reason"]
     better = {**champion, "value": champion["value"] / 2}
     d = tracker.champion_gate(run_id, MODEL, "2", better)
-    assert (d["decision"], d["champion"]) == ("promoted", "2") and aliases(server.uri)["champion"] == "2"
-    assert client(server.uri).get_run(run_id).data.tags["ddpm.gate.decision"] == "promoted"
+    assert (d["decision"], d["champion"]) == ("promoted", "2") and aliases(uri)["champion"] == "2"
+    assert client(uri).get_run(run_id).data.tags["ddpm.gate.decision"] == "promoted"
 
 
 @pytest.mark.slow
-def test_register_fills_a_registry_that_lacks_the_checkpoint(project):
+def test_register_fills_a_registry_that_lacks_the_checkpoint(first_repro, project, tmp_path):
     """What DVC's run-cache can not see: a registry without this checkpoint (here the project's own
     sqlite:///mlflow.db, MLFLOW_TRACKING_URI unset). dvc repro runs register every time (always_changed)."""
+    project = project_copy(project, tmp_path / "p")
     assert not (project / "mlflow.db").exists()
     tracked([sys.executable, "-m", "pipeline.register"], project, None)
     uri = f"sqlite:///{project / 'mlflow.db'}"

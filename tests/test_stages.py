@@ -85,7 +85,7 @@ def test_atomic_path_leaves_the_old_file_when_the_writer_fails(tmp_path):
 
 
 def test_evaluate_refuses_bad_samples_and_writes_no_metrics(project):
-    for name in ("prepare", "features", "reference"):
+    for name in ("prepare", "classifier", "reference"):
         assert stage(project, name).returncode == 0, name
     assert sorted(p.name for p in (project / "data/reference").iterdir()) == ["domain.npz"]
     (project / "samples").mkdir()
@@ -98,3 +98,21 @@ def test_evaluate_refuses_bad_samples_and_writes_no_metrics(project):
     assert_one_line_error(stage(project, "evaluate"), "sample.num_samples = 8 is too few",
                           "evaluate.kid_subset_size = 10")
     assert not (project / "reports/metrics/evaluate.json").exists()
+
+
+def test_two_dvc_repro_at_once_the_second_says_so_in_one_line(project):
+    """DVC's repo lock: a second `dvc repro` in the same workspace stops at once, touching nothing."""
+    from dvc.lock import make_lock
+
+    run(["git", "init", "-q"], cwd=project)
+    lock = make_lock(str(project / ".dvc/tmp/lock"), tmp_dir=str(project / ".dvc/tmp"))
+    (project / ".dvc/tmp").mkdir(parents=True, exist_ok=True)
+    lock.lock()
+    try:
+        proc = run([sys.executable, "-m", "dvc", "repro"], cwd=project, check=False)
+    finally:
+        lock.unlock()
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1 and "Unable to acquire lock" in errors[0]
+    assert not (project / "data").exists()

@@ -1,16 +1,23 @@
 """Training: loss goes down, resume is exact, checkpoints load safely and fail clearly."""
 
 import dataclasses
+import logging
+import os
 import shutil
+import signal
 
 import numpy as np
 import pytest
 import torch
 
-from ddpm.config import Config, DataConfig, DiffusionConfig, ModelConfig, TrainConfig
+from ddpm.checkpoints import SnapshotStore, load_checkpoint, load_ema_model, save_checkpoint
+from ddpm.config import Config
 from ddpm.data import load_splits
 from ddpm.errors import CheckpointError
-from ddpm.train import BatchSampler, autocast_dtype, load_checkpoint, load_ema_model, save_checkpoint, train
+from ddpm.interrupts import TrainingInterrupted
+from ddpm.param_groups import DataConfig, DiffusionConfig, ModelConfig, TrainConfig
+from ddpm.runtime import autocast_dtype
+from ddpm.train import BatchSampler, train
 
 CFG = Config(
     data=DataConfig(limit=200),
@@ -25,25 +32,103 @@ def images():
     return load_splits(CFG.data, seed=0).train.images
 
 
+def checkpoint_bytes(state: dict, path) -> bytes:
+    save_checkpoint(path, state)
+    return path.read_bytes()
+
+
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, images):
-    full = train(CFG, images, progress=False)
-    path = tmp_path / "resume.pt"
-    half = train(CFG, images, resume_path=path, progress=False, max_steps=4)
-    assert half.step == 4 and load_checkpoint(path)["step"] == 4
-    resumed = train(CFG, images, resume_path=path, progress=False)
-    assert resumed.step == 8
-    for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
-    for a, b in zip(full.ema.parameters(), resumed.ema.parameters()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert [h["loss"] for h in full.history] == [h["loss"] for h in resumed.history]
+    # checkpoint_every 3 is not a multiple of log_every 2: the snapshot holds half a log window
+    cfg = dataclasses.replace(CFG, train=dataclasses.replace(CFG.train, checkpoint_every=3))
+    full = train(cfg, images, progress=False)
+    store = SnapshotStore(tmp_path / "resume")
+    half = train(cfg, images, snapshots=store, progress=False, max_steps=5)
+    assert half.step == 5 and [p.name for p in store.paths()] == ["step-00000005.pt", "step-00000003.pt"]
+    resumed = train(cfg, images, snapshots=store, progress=False)
+    assert resumed.step == 8 and resumed.history == full.history
+    assert checkpoint_bytes(resumed.checkpoint, tmp_path / "a.pt") == checkpoint_bytes(full.checkpoint, tmp_path / "b.pt")
 
 
-def test_a_snapshot_for_other_parameters_is_not_resumed(tmp_path, images):
-    path = tmp_path / "resume.pt"
-    train(CFG, images, resume_path=path, progress=False, max_steps=4)
+def test_snapshots_rotate_and_a_damaged_one_is_skipped_for_the_one_before(tmp_path, images, caplog):
+    caplog.set_level(logging.INFO)
+    cfg = dataclasses.replace(CFG, train=dataclasses.replace(CFG.train, checkpoint_every=2, keep_snapshots=2))
+    full = train(cfg, images, progress=False)
+    store = SnapshotStore(tmp_path / "resume", keep=2)
+    train(cfg, images, snapshots=store, progress=False, max_steps=6)
+    newest, previous = store.paths()
+    assert (newest.name, previous.name) == ("step-00000006.pt", "step-00000004.pt")  # step 2 was pruned
+    newest.write_bytes(newest.read_bytes()[:-100])  # truncated
+    resumed = train(cfg, images, snapshots=store, progress=False)
+    assert f"skipping snapshot {newest}: its SHA-256 differs" in caplog.text
+    assert "resuming from" in caplog.text and str(previous) in caplog.text
+    assert checkpoint_bytes(resumed.checkpoint, tmp_path / "a.pt") == checkpoint_bytes(full.checkpoint, tmp_path / "b.pt")
+
+
+def test_a_snapshot_for_other_parameters_is_not_resumed(tmp_path, images, caplog):
+    store = SnapshotStore(tmp_path / "resume")
+    train(CFG, images, snapshots=store, progress=False, max_steps=4)
     other = dataclasses.replace(CFG, train=dataclasses.replace(CFG.train, lr=5e-4))
-    assert train(other, images, resume_path=path, progress=False, max_steps=2).step == 2
+    assert train(other, images, snapshots=store, progress=False, max_steps=2).step == 2
+    assert "it was written for other parameters" in caplog.text
+
+
+def test_sigterm_stops_at_a_step_boundary_with_a_snapshot_and_the_run_resumes(tmp_path, images):
+    cfg = dataclasses.replace(CFG, train=dataclasses.replace(CFG.train, eval_every=3, eval_samples=4, eval_steps=2))
+    full = train(cfg, images, progress=False)
+    store = SnapshotStore(tmp_path / "resume")
+
+    def preempting_probe(model, diffusion, device):  # the signal arrives in the middle of step 3's work
+        os.kill(os.getpid(), signal.SIGTERM)
+        return {"fid": 1.0, "confident": 0.5}
+
+    with pytest.raises(TrainingInterrupted, match=r"stopped by SIGTERM at step 3; snapshot .*step-00000003.pt"):
+        train(cfg, images, snapshots=store, probe=preempting_probe, progress=False)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
+    resumed = train(cfg, images, snapshots=store, progress=False)
+    assert resumed.step == 8 and resumed.history == full.history
+
+
+def test_quality_probe_leaves_training_unchanged_and_keep_best_serves_the_best(tmp_path, images):
+    cfg = dataclasses.replace(CFG, train=dataclasses.replace(CFG.train, eval_every=2))
+    scores = iter([3.0, 1.0, 2.0, 4.0])  # step 2, 4, 6, 8: the best is step 4
+    probe = lambda model, diffusion, device: {"fid": next(scores), "confident": 0.5}  
+    plain = train(cfg, images, progress=False)
+    probed = train(cfg, images, probe=probe, progress=False)
+    assert [e["step"] for e in probed.evals] == [2, 4, 6, 8] and plain.history == probed.history
+    for a, b in zip(plain.model.parameters(), probed.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+    scores = iter([3.0, 1.0, 2.0, 4.0])
+    best_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, keep_best=True))
+    kept = train(best_cfg, images, probe=lambda m, d, dev: {"fid": next(scores), "confident": 0.5}, progress=False)
+    at_4 = train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=8)), images, progress=False,
+                 max_steps=4)
+    assert kept.stats["best_step"] == 4 and kept.checkpoint["best"] == {"step": 4, "fid": 1.0}
+    for a, b in zip(kept.ema.parameters(), at_4.ema.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_power_ema_weights_the_run_as_edm2_says():
+    """After n updates with beta_s = (1 - 1/s)^(gamma + 1), update s weighs (1 - beta_s)(s/n)^(gamma + 1),
+    the weights sum to 1, and sigma_rel maps to gamma by EDM2's eq. 3 (sigma_rel 0.05 <-> gamma ~ 16.97)."""
+    from ddpm.train import ema_beta, power_ema_gamma
+
+    gamma = power_ema_gamma(0.05)
+    assert (gamma + 1) / ((gamma + 2) ** 2 * (gamma + 3)) == pytest.approx(0.05**2, rel=1e-9)
+    assert gamma == pytest.approx(16.97, abs=0.01)
+    n = 4000
+    weights = np.zeros(n + 1)
+    for s in range(1, n + 1):  # run the recursion on one-hot "parameters"
+        beta = ema_beta(s, 0.0, gamma)
+        weights *= beta
+        weights[s] += 1 - beta
+    closed = np.array([0.0] + [(1 - ema_beta(s, 0.0, gamma)) * (s / n) ** (gamma + 1) for s in range(1, n + 1)])
+    np.testing.assert_allclose(weights, closed, rtol=1e-9, atol=1e-15)
+    assert weights.sum() == pytest.approx(1.0, rel=1e-12)
+    steps = np.arange(n + 1) / n
+    mean = (weights * steps).sum()
+    # sigma_rel is the profile's standard deviation in units of the run's length (EDM2, sec. 3.1)
+    assert np.sqrt((weights * (steps - mean) ** 2).sum()) == pytest.approx(0.05, rel=0.01)
 
 
 def test_loss_decreases(images):
@@ -52,11 +137,12 @@ def test_loss_decreases(images):
     assert history[-1]["loss"] < 0.6 * history[0]["loss"]
 
 
-def test_divergence_fails_clearly_before_a_checkpoint_is_written(tmp_path, images):
+def test_divergence_fails_clearly_before_a_snapshot_is_written(tmp_path, images):
     cfg = dataclasses.replace(CFG, train=dataclasses.replace(CFG.train, lr=1e20, warmup_steps=0, log_every=8))
+    store = SnapshotStore(tmp_path / "resume")
     with pytest.raises(FloatingPointError, match=r"training loss is nan in steps 1-4: lower train.lr"):
-        train(cfg, images, resume_path=tmp_path / "resume.pt", progress=False)  # checks at the step-4 checkpoint
-    assert not (tmp_path / "resume.pt").exists()
+        train(cfg, images, snapshots=store, progress=False)  # checks at the step-4 snapshot
+    assert store.paths() == []
 
 
 def test_ema_model_round_trips_through_the_checkpoint(tmp_path, images):
@@ -92,6 +178,29 @@ def test_precision_setting():
     cpu = torch.device("cpu")
     assert autocast_dtype("fp32", cpu) is None and autocast_dtype("bf16", cpu) is torch.bfloat16
     assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
+
+
+def test_auto_precision_keeps_fp32_when_cpu_kernels_are_pinned(monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # what runtime.cpu_isa: avx2 sets
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("params, pinned", [("runtime: {cpu_isa: avx2}", True), ("seed: 0", True),
+                                            ("runtime: {cpu_isa: native}", False), ("{not yaml", True)])
+def test_stage_entry_points_pin_cpu_kernels_before_torch_loads(tmp_path, params, pinned):
+    import subprocess
+    import sys
+
+    from ddpm.param_groups import PORTABLE_CPU_ENV
+    from tests.helpers import ROOT
+
+    (tmp_path / "params.yaml").write_text(params)
+    env = {k: v for k, v in os.environ.items() if k not in PORTABLE_CPU_ENV}
+    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{ROOT / 'src'}"
+    code = "import os, sys, pipeline; print(os.environ.get('ONEDNN_MAX_CPU_ISA'), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == (["AVX2", "False"] if pinned else ["None", "False"])
 
 
 def test_bf16_autocast_trains(images):

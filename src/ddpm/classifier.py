@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ddpm.config import FeaturesConfig
+from ddpm.errors import CheckpointError
+from ddpm.param_groups import ClassifierConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ def _to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def train_classifier(
-    images: np.ndarray, labels: np.ndarray, cfg: FeaturesConfig, *, seed: int = 0, progress: bool = True
+    images: np.ndarray, labels: np.ndarray, cfg: ClassifierConfig, *, seed: int = 0, progress: bool = True
 ) -> DomainClassifier:
     """Adam with a one-cycle LR on uint8 NHWC images; light translation augmentation."""
     torch.manual_seed(seed)
@@ -108,3 +110,16 @@ def classifier_from_state(state: dict) -> DomainClassifier:
     model = DomainClassifier(state["channels"], state["num_classes"], state["width"])
     model.load_state_dict(state["state_dict"])
     return model.eval()
+
+
+def load_classifier(path: str | Path) -> DomainClassifier:
+    """The classifier stage's model from its file (weights only, no pickled code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"domain classifier {path} not found: run the classifier stage first (dvc repro)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return classifier_from_state(state)
+    except Exception as exc:  # truncated file, another format, pickled code
+        raise CheckpointError(f"domain classifier {path} cannot be read ({exc.__class__.__name__}): delete it and "
+                              "re-run the classifier stage (dvc repro)") from None

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from ddpm.config import DataConfig
 from ddpm.errors import DataError
+from ddpm.param_groups import DataConfig
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -208,3 +209,14 @@ def load_split(path: str | Path) -> Dataset:
             return Dataset(z["images"], z["labels"], [str(c) for c in z["class_names"]])
     except (OSError, KeyError, ValueError) as exc:
         raise DataError(f"{path} is unreadable ({exc.__class__.__name__}): re-run the prepare stage") from None
+
+
+# ---------------------------------------------------------------------------- pixels <-> model space
+def to_model_input(batch_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW in [-1, 1]."""
+    return batch_uint8.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_uint8_images(x: torch.Tensor) -> np.ndarray:
+    """float NCHW in [-1, 1] -> uint8 NHWC."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

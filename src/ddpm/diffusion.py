@@ -1,7 +1,8 @@
-"""Gaussian diffusion: schedules, the forward process, the loss and the samplers.
+"""Gaussian diffusion: the forward process, the loss and the samplers (DDPM, DDIM, DPM-Solver++).
 
-Symbols follow Ho et al. 2020 (DDPM), Nichol & Dhariwal 2021 (cosine schedule, v/x0 notes)
-and Song et al. 2020 (DDIM). Index t in code runs 0..T-1 and stands for the paper's t = 1..T.
+Symbols follow Ho et al. 2020 (DDPM), Nichol & Dhariwal 2021 (cosine schedule, v/x0 notes),
+Song et al. 2020 (DDIM), Salimans & Ho 2022 (v), Hang et al. 2023 (min-SNR) and Lu et al. 2022
+(DPM-Solver++); the schedules are in ddpm.schedules. Index t in code runs 0..T-1 and stands for the paper's t = 1..T.
 Every schedule quantity is computed once in float64 and cast to the input's dtype on use.
 
     q(x_t | x_0)        = N(sqrt(abar_t) x_0, (1 - abar_t) I)
@@ -18,41 +19,17 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ddpm.config import DiffusionConfig
+from ddpm.param_groups import DiffusionConfig
+from ddpm.schedules import make_betas
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> prediction
 Prediction = Literal["eps", "v", "x0"]
+Sampler = Literal["ddpm", "ddim", "dpmpp_2m"]
 
 
-# ---------------------------------------------------------------------------- schedules
-def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
-    """Ho et al.'s linear schedule, scaled by 1000 / T so that any T ends near abar_T = 0."""
-    scale = 1000.0 / timesteps
-    return np.linspace(scale * beta_start, scale * beta_end, timesteps, dtype=np.float64).clip(max=0.999)
-
-
-def cosine_alphas_cumprod(timesteps: int, s: float = 0.008) -> np.ndarray:
-    """abar(t) = f(t) / f(0), f(t) = cos^2(((t / T + s) / (1 + s)) pi / 2), for t = 0..T."""
-    t = np.arange(timesteps + 1, dtype=np.float64)
-    f = np.cos(((t / timesteps + s) / (1 + s)) * math.pi / 2) ** 2
-    return f / f[0]
-
-
-def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
-    """beta_t = 1 - abar(t) / abar(t - 1), clipped at max_beta to avoid the singularity at t = T."""
-    abar = cosine_alphas_cumprod(timesteps, s)
-    return np.minimum(1.0 - abar[1:] / abar[:-1], max_beta)
-
-
-def make_betas(cfg: DiffusionConfig) -> np.ndarray:
-    if cfg.schedule == "linear":
-        return linear_betas(cfg.timesteps, cfg.beta_start, cfg.beta_end)
-    return cosine_betas(cfg.timesteps, cfg.cosine_s)
-
-
+# ---------------------------------------------------------------------------- sampling timesteps
 def ddim_timesteps(timesteps: int, steps: int) -> list[int]:
     """The DDIM sub-sequence tau, descending: `steps` evenly spaced timesteps starting at 0.
 
@@ -60,7 +37,8 @@ def ddim_timesteps(timesteps: int, steps: int) -> list[int]:
     steps < T: with the cosine schedule abar_{T-1} is ~0, and predicting x_0 there would
     amplify the model's error by 1 / sqrt(abar_{T-1}).
     """
-    steps = min(steps, timesteps)
+    if not 1 <= steps <= timesteps:
+        raise ValueError(f"{steps} sampling steps on a {timesteps}-step chain: use 1 to {timesteps}")
     return sorted({int(i * timesteps // steps) for i in range(steps)}, reverse=True)
 
 
@@ -166,16 +144,44 @@ class GaussianDiffusion:
         return x0, self.predict_eps_from_x0(x_t, t, x0)
 
     # -- loss ------------------------------------------------------------------------------
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        """SNR(t) = abar_t / (1 - abar_t), float64."""
+        abar = self.alphas_cumprod.to(t.device)[t]
+        return abar / (1.0 - abar)
+
+    def loss_weight(self, t: torch.Tensor, min_snr_gamma: float | None) -> torch.Tensor:
+        """Per-timestep weight of the target-space MSE; 1 everywhere without min-SNR.
+
+        Min-SNR-gamma (Hang et al. 2023) weights the x0-space error by min(SNR, gamma). The
+        target-space errors relate to it as |eps err|^2 = SNR |x0 err|^2 and |v err|^2 = (SNR + 1)
+        |x0 err|^2, so the weight on the MSE of the target is min(SNR, gamma) / SNR (eps),
+        min(SNR, gamma) / (SNR + 1) (v) or min(SNR, gamma) (x0).
+        """
+        if min_snr_gamma is None:
+            return torch.ones(t.shape, dtype=torch.float64, device=t.device)
+        snr = self.snr(t)
+        clipped = snr.clamp(max=min_snr_gamma)
+        if self.prediction == "eps":
+            return clipped / snr
+        if self.prediction == "v":
+            return clipped / (snr + 1.0)
+        return clipped
+
     def training_loss(
-        self, model: Model, x0: torch.Tensor, t: torch.Tensor | None = None, noise: torch.Tensor | None = None
+        self, model: Model, x0: torch.Tensor, t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+        *, min_snr_gamma: float | None = None,
     ) -> torch.Tensor:
-        """L_simple: || target - model(x_t, t) ||^2 averaged over the batch (t ~ U{0..T-1})."""
+        """sum_t w(t) || target - model(x_t, t) ||^2 / numel, t ~ U{0..T-1}: L_simple when w = 1."""
         if t is None:
             t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0) if noise is None else noise
         x_t = self.q_sample(x0, t, noise)
         output = model(x_t, t)
-        return F.mse_loss(output.float(), self.training_target(x0, t, noise).float())
+        squared = (output.float() - self.training_target(x0, t, noise).float()).square()
+        if min_snr_gamma is None:
+            return squared.mean()
+        per_image = squared.flatten(1).mean(1)
+        return (self.loss_weight(t, min_snr_gamma).float() * per_image).mean()
 
     # -- reverse process -------------------------------------------------------------------
     def p_mean_variance(
@@ -222,20 +228,68 @@ class GaussianDiffusion:
         return x_prev
 
     @torch.no_grad()
+    def dpmpp_2m_step(
+        self, model: Model, x_t: torch.Tensor, t: int, t_prev: int, *,
+        previous: tuple[torch.Tensor, int] | None = None, clip_denoised: bool = True,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, int]]:
+        """One DPM-Solver++(2M) step x_t -> x_{t_prev} (Lu et al. 2022, Algorithm 2).
+
+        With alpha = sqrt(abar), sigma = sqrt(1 - abar), lambda = log(alpha / sigma) and
+        h = lambda_prev - lambda_t:
+
+            x_prev = (sigma_prev / sigma_t) x_t - alpha_prev (e^-h - 1) D
+            D = x0_hat                                     first order (= DDIM, eta = 0)
+            D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_hat_before  second order, r = h_before / h
+
+        `previous` is what the step before returned, (x0_hat, t) of that step, or None. The first
+        step is first order, and so are the last two, as diffusers' `lower_order_final` does: the
+        step to t_prev = -1 (abar = 1, lambda infinite) ends at the data prediction, and the step
+        into t_prev = 0 (1 - abar_0 ~ 4e-5) is the long final jump in lambda, where extrapolating
+        x0_hat linearly in lambda overshoots (on Gaussian data: 6x the first-order error at 10 steps).
+        Returns x_prev and the state for the next step.
+        """
+        tt = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        x0, _ = self.predict_x0_eps(model(x_t, tt), x_t, tt, clip_denoised)
+        state = (x0, t)
+        if t_prev < 0:
+            return x0, state
+        lam_t, lam_prev = self.half_log_snr(t), self.half_log_snr(t_prev)
+        h = lam_prev - lam_t
+        data = x0
+        if previous is not None and t_prev > 0:
+            x0_before, t_before = previous
+            r = (lam_t - self.half_log_snr(t_before)) / h
+            data = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_before
+        abar_t, abar_prev = self.alphas_cumprod[t].item(), self.alphas_cumprod[t_prev].item()
+        x_prev = math.sqrt((1 - abar_prev) / (1 - abar_t)) * x_t - math.sqrt(abar_prev) * math.expm1(-h) * data
+        return x_prev, state
+
+    def half_log_snr(self, t: int) -> float:
+        """lambda_t = log(alpha_t / sigma_t) = log(abar_t / (1 - abar_t)) / 2."""
+        abar = self.alphas_cumprod[t].item()
+        return 0.5 * (math.log(abar) - math.log1p(-abar))
+
+    @torch.no_grad()
     def sample(
-        self, model: Model, shape: tuple[int, ...], *, sampler: Literal["ddpm", "ddim"] = "ddpm",
+        self, model: Model, shape: tuple[int, ...], *, sampler: Sampler = "ddpm",
         steps: int | None = None, eta: float = 0.0, variance: Literal["beta", "beta_tilde"] = "beta",
         clip_denoised: bool = True, generator: torch.Generator | None = None,
         device: torch.device | str = "cpu", progress: bool = False, noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Draw x_0 ~ p_theta from x_T ~ N(0, I): DDPM ancestral (all T steps) or DDIM (`steps`)."""
+        """Draw x_0 ~ p_theta from x_T ~ N(0, I): DDPM ancestral (all T steps), or DDIM or
+        DPM-Solver++(2M) on the `steps` timesteps of `ddim_timesteps`."""
         x = noise.to(device) if noise is not None else torch.randn(shape, generator=generator, device=device)
         if sampler == "ddpm":
             ts = list(range(self.num_timesteps - 1, -1, -1))
             for t in tqdm(ts, desc="DDPM", disable=not progress, leave=False):
                 x = self.p_sample(model, x, t, generator=generator, variance=variance, clip_denoised=clip_denoised)
-        else:
-            ts = ddim_timesteps(self.num_timesteps, steps or self.num_timesteps)
-            for t, t_prev in tqdm(list(zip(ts, ts[1:] + [-1])), desc="DDIM", disable=not progress, leave=False):
+            return x
+        ts = ddim_timesteps(self.num_timesteps, steps or self.num_timesteps)
+        pairs = tqdm(list(zip(ts, ts[1:] + [-1])), desc=sampler, disable=not progress, leave=False)
+        previous = None
+        for t, t_prev in pairs:
+            if sampler == "ddim":
                 x = self.ddim_step(model, x, t, t_prev, eta=eta, generator=generator, clip_denoised=clip_denoised)
+            else:
+                x, previous = self.dpmpp_2m_step(model, x, t, t_prev, previous=previous, clip_denoised=clip_denoised)
         return x

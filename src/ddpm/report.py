@@ -1,8 +1,12 @@
-"""Figures and the markdown report."""
+"""The sample grid image, and the report as markdown and as one self-contained HTML file."""
 
 from __future__ import annotations
 
+import base64
+import html
 import json
+import mimetypes
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +14,7 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid
 
+from ddpm.errors import DataError
 from ddpm.io import atomic_path
 
 
@@ -26,29 +31,33 @@ def save_grid(path: str | Path, images: np.ndarray, nrow: int | None = None) -> 
         Image.fromarray(grid).save(tmp, format="PNG")
 
 
-def save_loss_plot(path: str | Path, history: list[dict[str, float]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=120)
-    ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1.2)
-    ax.set(xlabel="step", ylabel="L_simple (mean per log window)", yscale="log", title="training loss")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-
-
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
 
 
-def _metric_rows(evaluation: dict) -> list[str]:
+def current_champion(registry: dict) -> dict | None:
+    """The champion after the gate, with the measurement it holds the alias by (or None without one)."""
+    for side in (registry.get("candidate"), registry.get("champion_before")):
+        if side and side.get("version") == registry.get("champion") and "value" in side:
+            return side
+    return None
+
+
+# train.json's summary as the training table shows it, in this order, where the run recorded it
+_TRAINING_COLUMNS = {"steps": "steps", "parameters": "parameters", "device": "device", "precision": "precision",
+                     "processes": "processes", "images_per_s": "images/s", "final_loss": "final loss"}
+
+
+def _training_table(train: dict) -> list[str]:
+    keys = [k for k in _TRAINING_COLUMNS if k in train]
+    return [f"| {' | '.join(_TRAINING_COLUMNS[k] for k in keys)} |", f"|{'---|' * len(keys)}",
+            f"| {' | '.join(_fmt(train[k]) for k in keys)} |", ""]
+
+
+def _metric_rows(evaluation: dict, registry: dict) -> list[str]:
+    champion = current_champion(registry) if registry else None
     rows = []
     for space in ("inception", "domain"):
         m = evaluation.get(space)
@@ -58,14 +67,18 @@ def _metric_rows(evaluation: dict) -> list[str]:
         for key, label in (("fid", "FID ↓"), ("kid_mean", "KID ↓"), ("precision", "precision ↑"),
                            ("recall", "recall ↑")):
             value = f"{m[key]:.4g}" + (f" ± {m['kid_std']:.2g}" if key == "kid_mean" else "")
+            held = "—"
+            if champion and champion["metric"] == f"{space}.{key}":
+                held = f"v{champion['version']}: {champion['value']:.4g} (N={champion['under']['n_samples']})"
             rows.append(f"| {label} | {space} | {m['n_samples']} vs {m['n_reference']} | {value} | "
-                        f"{floor[key]:.4g} (N={floor['n_samples']}) |")
+                        f"{floor[key]:.4g} (N={floor['n_samples']}) | {held} |")
     return rows
 
 
-def _sweep_rows(sweep: dict) -> list[str]:
+def _sweep_rows(sweep: dict, speed: dict) -> list[str]:
+    """One row per sampler setting; samples/s from the sweep stage's timing (wall clock is not a metric)."""
     return [f"| {r['sampler']} | {r['steps']} | {r['fid']:.4g} | {r['fid_floor']:.4g} | {r['space']} | "
-            f"{r['n_samples']} | {r['samples_per_s']:.3g} |" for r in sweep.values()]
+            f"{r['n_samples']} | {_fmt(speed.get(f'{key}_samples_per_s', '—'))} |" for key, r in sweep.items()]
 
 
 def _registry_lines(registry: dict) -> list[str]:
@@ -82,39 +95,96 @@ def _registry_lines(registry: dict) -> list[str]:
     ]
 
 
-def render_markdown(*, params: dict, data_meta: dict, metrics: dict[str, dict], grid: str, loss_plot: str) -> str:
+_TIMING_KEYS = ("stage", "wall_s", "finished")  # what pipeline.stage.run writes for every stage
+
+
+def _provenance_lines(*, git: dict, data_meta: dict, registered: dict, registry: dict, train: dict,
+                      timings: list[dict], run_url: str | None) -> list[str]:
+    """Where this report's numbers come from: code, data, model, MLflow run, hardware, stage times."""
+    aliases = ["candidate"] + (["champion"] if registry.get("champion") == registered.get("version") else [])
+    run_id = registry.get("run_id")
+    run = f"[`{run_id}`]({run_url})" if run_url else f"`{run_id}`"
+    where = f" on `{registry['tracking_uri']}`" if registry.get("tracking_uri") else ""
+    sha = data_meta.get("sha256", {})
+    lines = [
+        "## Provenance", "",
+        "| what | value |", "|---|---|",
+        f"| git commit | `{git['commit']}` (uncommitted changes: {git['dirty']}) |",
+        f"| data | {data_meta['source']}; sha256 training split `{sha.get('train')}`, held-out split "
+        f"`{sha.get('test')}` (data/prepared/meta.json) |",
+        f"| model | {registered.get('model')} version {registered.get('version')}, aliases "
+        f"{', '.join(f'`{a}`' for a in aliases)}; checkpoint sha256 `{registered.get('checkpoint_sha256')}` |",
+        f"| MLflow run | {run}{where} |",
+        f"| training device | {train.get('device')}, precision {train.get('precision')} |", "",
+    ]
+    if timings:
+        lines += ["Wall time per stage (reports/timing/, the last run of each stage on this machine; this stage's "
+                  "own time is written after the report):", "",
+                  "| stage | wall time (s) | finished | the stage's own figures |", "|---|---|---|---|",
+                  *[f"| {t['stage']} | {t['wall_s']:.4g} | `{t['finished']}` | "
+                    f"{', '.join(f'{k} {_fmt(v)}' for k, v in t.items() if k not in _TIMING_KEYS) or '—'} |"
+                    for t in timings], ""]
+    else:
+        lines += ["Wall time per stage: none recorded here (reports/timing/ is written when a stage runs on this "
+                  "machine; outputs restored by DVC from its cache bring none).", ""]
+    return lines
+
+
+def render_markdown(*, params: dict, data_meta: dict, metrics: dict[str, dict], registered: dict, git: dict,
+                    timings: list[dict], figures: dict[str, str], run_url: str | None) -> str:
+    """The report. `metrics`: the JSON of reports/metrics/ by file stem; `figures`: image paths relative to the
+    report by name (samples, trajectory, loss, sampler_sweep, coverage, and training_quality when measured);
+    `run_url`: the MLflow run's web page, when the tracking server has one."""
     train = metrics.get("train", {}).get("train", {})
     sample = metrics.get("sample", {}).get("sample", {})
     evaluation = metrics.get("evaluate", {})
     coverage = evaluation.get("coverage", {})
     sweep = metrics.get("sweep", {}).get("sweep", {})
-    clf = metrics.get("features", {}).get("classifier", {})
+    clf = metrics.get("classifier", {}).get("classifier", {})
+    registry = metrics.get("registry", {})
     spaces = {s: evaluation[s]["weights"] for s in ("inception", "domain") if s in evaluation}
+    sp = params["sample"]
     lines = [
         "# DDPM run report", "",
         f"Data: **{data_meta['source']}**, {data_meta['counts']['train']} training and "
         f"{data_meta['counts']['test']} held-out images of shape {tuple(data_meta['shape'])}.", "",
         f"## Samples ({sample.get('n')} drawn with {sample.get('sampler')}, {sample.get('steps')} steps, "
-        "EMA weights)", "", f"![samples]({grid})", "",
-        "## Training", "", f"![loss curve]({loss_plot})", "",
-        "| steps | parameters | device | precision | images/s | wall (s) | final loss |",
-        "|---|---|---|---|---|---|---|",
-        f"| {train.get('steps')} | {train.get('parameters')} | {train.get('device')} | {train.get('precision')} | "
-        f"{_fmt(train.get('images_per_s'))} | {_fmt(train.get('wall_s'))} | {_fmt(train.get('final_loss'))} |", "",
+        "EMA weights)", "", f"![samples]({figures['samples']})", "",
+        "## Denoising trajectory", "", f"![denoising trajectory]({figures['trajectory']})", "",
+        "Top: the forward process x_t ~ q(x_t | x_0) on held-out digits (one noise draw per digit), t rising through "
+        f"the timesteps the sampler visits (T = {params['diffusion']['timesteps']}). Bottom: the reverse process "
+        f"with the sample stage's settings ({sp['sampler']}, {sp['steps']} steps, seed {sp['seed']}, EMA weights), "
+        "from pure noise to the sample: each step's input x_t above the model's prediction x̂_0 of the clean image. "
+        "Columns are the sampler's steps spread evenly from the first to the last.", "",
+        "## Training", "", f"![loss curve]({figures['loss']})", "",
+        *_training_table(train),
+    ]
+    if "training_quality" in figures:
+        lines += ["Quality during training (reports/plots/train_eval.csv): FID of samples drawn at each evaluated "
+                  "step, and the share the domain classifier labels confidently.", "",
+                  f"![quality during training]({figures['training_quality']})", ""]
+    else:
+        lines += ["Quality during training: not measured in this run (reports/plots/train_eval.csv is absent or "
+                  "empty; train.eval_every = 0 turns it off).", ""]
+    lines += [
         "## Metrics (samples against the held-out split)", "",
-        "| metric | feature space | N (samples vs held-out) | value | data floor |", "|---|---|---|---|---|",
-        *_metric_rows(evaluation), "",
+        "| metric | feature space | N (samples vs held-out) | value | data floor | champion |",
+        "|---|---|---|---|---|---|",
+        *_metric_rows(evaluation, registry), "",
         "Feature spaces: " + "; ".join(f"**{k}** = {v}" for k, v in spaces.items()) + ". "
         f"The domain classifier scores {_fmt(clf.get('test_accuracy'))} accuracy on the {clf.get('n_test')} "
         "held-out images. The data floor is the same metric between real training images and the held-out "
         "images at the same N: the best any generator can expect. FID and KID fall as samples improve; "
-        f"precision and recall (k = {params['evaluate']['pr_k']}) rise towards the floor's.", "",
+        f"precision and recall (k = {params['evaluate']['pr_k']}) rise towards the floor's. The champion column "
+        "holds the current champion's value of the metric the champion gate compares (the registry records that "
+        "one measurement).", "",
     ]
     if coverage:
         lines += [
-            "## Class coverage (domain classifier)", "",
+            "## Class coverage (domain classifier)", "", f"![class coverage]({figures['coverage']})", "",
             f"{_fmt(coverage.get('confident_share'))} of {coverage.get('n_samples')} samples are confidently "
-            f"classified (p ≥ {params['evaluate']['confidence']}), against {_fmt(coverage.get('confident_share_real'))} "
+            f"classified (p ≥ {params['evaluate']['confidence']}), against "
+            f"{_fmt(coverage.get('confident_share_real'))} "
             f"of {coverage.get('n_real')} real digits the classifier never saw; class-share total variation "
             f"{_fmt(coverage.get('class_share_tv'))} (0 = the data's shares). Missing classes: "
             f"{', '.join(coverage.get('missing_classes', [])) or 'none'}.", "",
@@ -123,24 +193,47 @@ def render_markdown(*, params: dict, data_meta: dict, metrics: dict[str, dict], 
             "",
         ]
     if sweep:
+        speed = next((t for t in timings if t["stage"] == "sweep"), {})
+        ddpm = ("DDPM with all T steps is in the table." if params["sweep"]["ddpm"] else
+                "DDPM with all T steps (T network calls per sample) is not in this profile's sweep "
+                "(sweep.ddpm: false): `dvc exp run -S sweep.ddpm=true` adds it.")
         lines += [
-            "## FID against the sampler", "",
+            "## FID against the sampler", "", f"![FID against sampler steps]({figures['sampler_sweep']})", "",
             "| sampler | steps | FID | data floor | feature space | N | samples/s |", "|---|---|---|---|---|---|---|",
-            *_sweep_rows(sweep), "",
+            *_sweep_rows(sweep, speed), "", ddpm, "",
         ]
-    if metrics.get("registry"):
-        lines += _registry_lines(metrics["registry"])
+    if registry:
+        lines += _registry_lines(registry)
+    lines += _provenance_lines(git=git, data_meta=data_meta, registered=registered, registry=registry, train=train,
+                               timings=timings, run_url=run_url)
     lines += ["## Parameters", "", "```json", json.dumps(params, indent=2), "```", ""]
     return "\n".join(lines)
 
 
-def render_html(markdown_text: str, title: str = "DDPM run report") -> str:
-    """The same report as a standalone HTML page (tables and images), for browsers and MLflow."""
+_IMG_SRC = re.compile(r'(<img\b[^>]*?\bsrc=")([^"]*)(")')
+
+
+def render_html(markdown_text: str, base_dir: str | Path, title: str = "DDPM run report") -> str:
+    """The same report as one standalone HTML page: every image inlined as a data: URI, no external
+    stylesheet, script or font, so that it opens as a mail attachment and in MLflow's artifact view."""
     import markdown
 
-    body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code"])
+    base = Path(base_dir)
+
+    def inline(match: re.Match) -> str:
+        src = html.unescape(match.group(2))
+        path = base / src
+        if "://" in src or src.startswith("data:") or not path.is_file():
+            raise DataError(f"report image {src!r} is not a file under {base}: write the figure before the report "
+                            "(the report embeds every image)")
+        mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return f"{match.group(1)}data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}{match.group(3)}"
+
+    body = _IMG_SRC.sub(inline, markdown.markdown(markdown_text, extensions=["tables", "fenced_code"]))
     style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
              "table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.25rem .6rem}"
-             "th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;padding:1rem;overflow:auto}")
+             "th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;padding:1rem;overflow:auto}"
+             # the grid is one pixel per pixel: shown larger, its pixels kept sharp
+             'img[alt="samples"]{width:min(100%,30rem);image-rendering:pixelated}')
     return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>"
             f"<style>{style}</style></head>\n<body>\n{body}\n</body></html>\n")

