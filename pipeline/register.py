@@ -74,7 +74,8 @@ def register(cfg: Config) -> None:
                     image_shape=(trained.image_size, trained.image_size, trained.channels),
                     pip_requirements=[f"{p}=={installed(p)}" for p in REQUIREMENTS],
                     model_config={"sample": cfg.to_dict()["sample"]})
-            log.info("registered %s version %s (checkpoint sha256 %s)", name, found.version, run_.checkpoint_sha256[:12])
+            log.info("registered %s version %s (checkpoint sha256 %s)", name, found.version,
+                     run_.checkpoint_sha256[:12])
         else:
             log.info("%s version %s already holds checkpoint sha256 %s: nothing new registered", name,
                      found.version, run_.checkpoint_sha256[:12])

@@ -82,8 +82,10 @@ def read_loss_curve() -> list[dict[str, float]]:
 
 
 def progress_enabled() -> bool:
-    """Progress bars unless DDPM_PROGRESS=0 (CI logs stay readable)."""
-    return os.environ.get("DDPM_PROGRESS", "1") != "0"
+    """Progress bars on a terminal; none in a log file (redrawn bars are not log lines).
+    DDPM_PROGRESS=1 or 0 decides instead."""
+    setting = os.environ.get("DDPM_PROGRESS")
+    return sys.stderr.isatty() if setting is None else setting != "0"
 
 
 def read_train_eval() -> list[dict[str, float]] | None:

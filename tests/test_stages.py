@@ -116,3 +116,25 @@ def test_two_dvc_repro_at_once_the_second_says_so_in_one_line(project):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")]
     assert len(errors) == 1 and "Unable to acquire lock" in errors[0]
     assert not (project / "data").exists()
+
+
+def test_progress_bars_only_on_a_terminal_unless_asked(monkeypatch):
+    """A log file gets no redrawn progress bars; DDPM_PROGRESS decides when set."""
+    from pipeline.stage import progress_enabled
+
+    class Stream:
+        def __init__(self, tty: bool):
+            self.tty = tty
+
+        def isatty(self) -> bool:
+            return self.tty
+
+    monkeypatch.delenv("DDPM_PROGRESS", raising=False)
+    for tty in (False, True):
+        monkeypatch.setattr(sys, "stderr", Stream(tty))
+        assert progress_enabled() is tty
+        monkeypatch.setenv("DDPM_PROGRESS", "0")
+        assert progress_enabled() is False
+        monkeypatch.setenv("DDPM_PROGRESS", "1")
+        assert progress_enabled() is True
+        monkeypatch.delenv("DDPM_PROGRESS")

@@ -75,8 +75,9 @@ class Config:
                    "train.eval_steps": [self.train.eval_steps], "sweep.steps": list(self.sweep.steps)}
         for key, steps in sampled.items():
             if any(s > timesteps for s in steps):
-                raise ConfigError(f"{key} = {steps[0] if len(steps) == 1 else steps} is more than diffusion.timesteps "
-                                  f"= {timesteps}: a sampler visits each timestep at most once; use at most {timesteps}")
+                value = steps[0] if len(steps) == 1 else steps
+                raise ConfigError(f"{key} = {value} is more than diffusion.timesteps = {timesteps}: a sampler "
+                                  f"visits each timestep at most once; use at most {timesteps}")
 
         n, ev = self.sample.num_samples, self.evaluate
         if n < ev.kid_subset_size or n <= ev.pr_k:

@@ -108,17 +108,23 @@ class GaussianDiffusion:
 
     # -- parameterisations -----------------------------------------------------------------
     def predict_x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return _extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        recip = _extract(self.sqrt_recip_alphas_cumprod, t, x_t)
+        recipm1 = _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t)
+        return recip * x_t - recipm1 * eps
 
     def predict_eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        return (_extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t)
+        recip = _extract(self.sqrt_recip_alphas_cumprod, t, x_t)
+        recipm1 = _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t)
+        return (recip * x_t - x0) / recipm1
 
     def velocity(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022)."""
-        return _extract(self.sqrt_alphas_cumprod, t, x0) * eps - _extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+        alpha, sigma = _extract(self.sqrt_alphas_cumprod, t, x0), _extract(self.sqrt_one_minus_alphas_cumprod, t, x0)
+        return alpha * eps - sigma * x0
 
     def predict_x0_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return _extract(self.sqrt_alphas_cumprod, t, x_t) * x_t - _extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v
+        alpha, sigma = _extract(self.sqrt_alphas_cumprod, t, x_t), _extract(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        return alpha * x_t - sigma * v
 
     def training_target(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         if self.prediction == "eps":

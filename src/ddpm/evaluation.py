@@ -30,7 +30,8 @@ def check_samples(samples: np.ndarray, image_shape: tuple[int, ...]) -> None:
     if samples.ndim != 4:
         raise DataError(f"samples have shape {samples.shape}, expected (N, H, W, C) images: re-run sample")
     if samples.dtype != np.uint8:
-        bad = "NaN or inf" if not np.isfinite(samples).all() else f"values in [{samples.min():.3g}, {samples.max():.3g}]"
+        finite = np.isfinite(samples).all()
+        bad = f"values in [{samples.min():.3g}, {samples.max():.3g}]" if finite else "NaN or inf"
         raise DataError(f"samples are {samples.dtype} with {bad}, expected uint8 in [0, 255]: re-run sample "
                         "(a diverged checkpoint gives NaN: retrain with a lower train.lr)")
     if samples.shape[1:] != tuple(image_shape):

