@@ -8,7 +8,7 @@ from ddpm.diffusion import GaussianDiffusion
 from ddpm.io import save_npz, write_json
 from ddpm.report import save_grid
 from ddpm.runtime import resolve_device
-from ddpm.sampling import generate
+from ddpm.sampling import generate, sample_labels
 from pipeline import paths
 from pipeline.stage import log, progress_enabled, run
 
@@ -20,7 +20,8 @@ def sample(cfg: Config) -> dict:
     t0 = time.perf_counter()
     images = generate(model, diffusion, cfg.sample, device=device, progress=progress_enabled())
     wall = time.perf_counter() - t0
-    save_npz(paths.SAMPLES, images=images)
+    labels = sample_labels(cfg.sample, model.num_classes)  # a conditional model's: sample i's class
+    save_npz(paths.SAMPLES, images=images, **({} if labels is None else {"labels": labels}))
     save_grid(paths.SAMPLE_GRID, images[: cfg.sample.grid_size])
     steps = diffusion.num_timesteps if cfg.sample.sampler == "ddpm" else cfg.sample.steps
     write_json(paths.SAMPLE_METRICS, {"sample": {"n": len(images), "sampler": cfg.sample.sampler, "steps": steps}})

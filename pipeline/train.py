@@ -14,14 +14,14 @@ from pipeline.stage import log, progress_enabled, run
 
 def train_stage(cfg: Config) -> dict:
     tc = cfg.train
-    images = load_split(paths.TRAIN_SPLIT).images
+    split = load_split(paths.TRAIN_SPLIT)
     probe = None
     if tc.eval_every:
         probe = TrainingProbe(load_classifier(paths.CLASSIFIER), load_split(paths.TEST_SPLIT).images,
                               num_samples=tc.eval_samples, steps=tc.eval_steps,
                               confidence=cfg.evaluate.confidence, seed=cfg.seed)
     snapshots = SnapshotStore(paths.RESUME, keep=tc.keep_snapshots)
-    result = train(cfg, images, snapshots=snapshots, probe=probe,
+    result = train(cfg, split.images, labels=split.labels, snapshots=snapshots, probe=probe,
                    progress=progress_enabled())
     if not distributed_from_env().is_main:  # under torchrun only rank 0 writes
         return result.timing

@@ -79,6 +79,11 @@ class Config:
                 raise ConfigError(f"{key} = {value} is more than diffusion.timesteps = {timesteps}: a sampler "
                                   f"visits each timestep at most once; use at most {timesteps}")
 
+        self.sample.check_conditioning(self.model.num_classes)
+        if self.sample.guidance and not self.train.cond_drop:
+            raise ConfigError(f"sample.guidance = {self.sample.guidance} extrapolates away from the unconditional "
+                              "model, which train.cond_drop = 0 never trains: set train.cond_drop: 0.1")
+
         n, ev = self.sample.num_samples, self.evaluate
         if n < ev.kid_subset_size or n <= ev.pr_k:
             raise ConfigError(
@@ -92,7 +97,10 @@ class Config:
     def training_dict(self) -> dict[str, Any]:
         """The parameters a trained model depends on (what its checkpoint records)."""
         full = self.to_dict()
-        return {k: full[k] for k in ("seed", "data", "model", "diffusion", "train")}
+        record = {k: full[k] for k in ("seed", "data", "model", "diffusion", "train")}
+        if not self.model.num_classes:  # unconditional: the record, and so the checkpoint's bytes, from before classes
+            del record["model"]["num_classes"], record["train"]["cond_drop"]
+        return record
 
 
 def config_from_dict(raw: dict[str, Any] | None) -> Config:

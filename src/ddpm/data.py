@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddpm.errors import DataError
+from ddpm.errors import ConfigError, DataError
 from ddpm.param_groups import DataConfig
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,18 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         raise DataError(f"{cfg.source} gave {len(splits.train)} training and {len(splits.test)} held-out "
                         "images: add images or change data.test_fraction")
     return splits
+
+
+def check_num_classes(num_classes: int, labels: np.ndarray | None) -> None:
+    """A conditional model's classes against the training labels: it embeds labels 0..num_classes-1."""
+    if labels is None or len(labels) == 0:
+        raise ConfigError(f"model.num_classes = {num_classes} needs labelled training images and these have none: "
+                          "use a labelled source (data.source: folder takes one sub-folder per class) "
+                          "or set model.num_classes: 0")
+    low, found = int(labels.min()), int(labels.max()) + 1
+    if low < 0 or found != num_classes:
+        raise ConfigError(f"model.num_classes = {num_classes} but the training labels run from {low} to "
+                          f"{found - 1}: set model.num_classes: {found} (labels must be 0 to num_classes - 1)")
 
 
 # ---------------------------------------------------------------------------- meta

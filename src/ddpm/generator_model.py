@@ -6,9 +6,10 @@ build the model; `load_context` rebuilds the U-Net from the checkpoint (ddpm.che
 and `predict` samples with ddpm.sampling.generate, as the sample stage does.
 
 Input: one row per request, columns `num_samples` (required), `sampler` ("ddpm", "ddim" or
-"dpmpp_2m"), `steps`, `seed`, `batch_size` (at most num_samples). What a row leaves out comes from
-the `sample` parameters the model was registered with (its model config), so a request with only
-`num_samples` = sample.num_samples returns the sample stage's images. Output: uint8 images,
+"dpmpp_2m"), `steps`, `seed`, `batch_size` (at most num_samples), and for a class-conditional model
+`class` (every image of the row is of this label) and `guidance` (w). What a row leaves out comes
+from the `sample` parameters the model was registered with (its model config), so a request with
+only `num_samples` = sample.num_samples returns the sample stage's images. Output: uint8 images,
 N x H x W x C, the rows' images in order. DDPM_DEVICE (default "auto") picks the device.
 """
 
@@ -37,8 +38,11 @@ def _value(row: dict[str, Any], key: str, default: Any) -> Any:
     return value
 
 
-def request_config(row: dict[str, Any], defaults, timesteps: int):
-    """One request row -> a validated SampleConfig; `defaults` (a SampleConfig) fills what the row leaves out."""
+def request_config(row: dict[str, Any], defaults, timesteps: int, num_classes: int = 0):
+    """One request row -> a validated SampleConfig; `defaults` (a SampleConfig) fills what the row leaves out.
+
+    `num_classes`: the model's classes (0: unconditional, which takes neither `class` nor `guidance`).
+    """
     from ddpm.errors import ConfigError
     from ddpm.param_groups import SampleConfig
 
@@ -48,12 +52,21 @@ def request_config(row: dict[str, Any], defaults, timesteps: int):
     if _value(row, "num_samples", None) is None:
         raise bad("num_samples is required: send e.g. {\"num_samples\": 16}")
     samplers = typing.get_args(typing.get_type_hints(SampleConfig)["sampler"])
+    label, guidance = _value(row, "class", None), _value(row, "guidance", None)
+    if not num_classes and (label is not None or guidance):
+        key = "class" if label is not None else "guidance"
+        raise bad(f"{key} = {row[key]!r} is not allowed: this model is unconditional (trained with "
+                  f"model.num_classes = 0); leave {key} out")
+    if label is not None and not _is_label(label, num_classes):
+        raise bad(f"class = {label!r} is not one of the model's classes: ask for an integer from 0 to {num_classes - 1}")
     try:
         n = int(_value(row, "num_samples", 0))
         cfg = dataclasses.replace(
             defaults, num_samples=n, sampler=str(_value(row, "sampler", defaults.sampler)),
             steps=int(_value(row, "steps", defaults.steps)), seed=int(_value(row, "seed", defaults.seed)),
-            batch_size=int(_value(row, "batch_size", min(n, defaults.batch_size)) or 1))
+            batch_size=int(_value(row, "batch_size", min(n, defaults.batch_size)) or 1),
+            classes=(int(label),) if label is not None else defaults.classes,
+            guidance=float(defaults.guidance if guidance is None else guidance))
         cfg.validate()
     except (TypeError, ValueError, ConfigError) as exc:
         raise bad(f"bad request {row}: {exc}") from None
@@ -64,6 +77,14 @@ def request_config(row: dict[str, Any], defaults, timesteps: int):
     if cfg.num_samples > MAX_SAMPLES:
         raise bad(f"num_samples = {cfg.num_samples} is too many for one request: ask for at most {MAX_SAMPLES}")
     return cfg
+
+
+def _is_label(value: Any, num_classes: int) -> bool:
+    """An integral number in 0..num_classes-1 (7.0 is 7: a column with missing cells arrives as floats)."""
+    try:
+        return float(value).is_integer() and 0 <= int(float(value)) < num_classes
+    except (TypeError, ValueError):
+        return False
 
 
 class DDPMGenerator(PythonModel):
@@ -91,7 +112,8 @@ class DDPMGenerator(PythonModel):
         if not rows:
             raise MlflowException("no request rows: send at least {\"num_samples\": 1}", INVALID_PARAMETER_VALUE)
         # every row is checked before any sampling
-        configs = [request_config(row, self.defaults, self.diffusion.num_timesteps) for row in rows]
+        configs = [request_config(row, self.defaults, self.diffusion.num_timesteps, self.model.num_classes)
+                   for row in rows]
         return np.concatenate([generate(self.model, self.diffusion, cfg, device=self.device, progress=False)
                                for cfg in configs])
 

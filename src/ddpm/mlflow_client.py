@@ -171,7 +171,9 @@ class Tracker:
         signature = ModelSignature(
             inputs=Schema([ColSpec("long", "num_samples"), ColSpec("string", "sampler", required=False),
                            ColSpec("long", "steps", required=False), ColSpec("long", "seed", required=False),
-                           ColSpec("long", "batch_size", required=False)]),
+                           ColSpec("long", "batch_size", required=False),
+                           # class-conditional models only (an unconditional one refuses them)
+                           ColSpec("long", "class", required=False), ColSpec("double", "guidance", required=False)]),
             outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, h, w, c))]))
         # One image with the registered sample parameters: the UI and `mlflow models serve` show it as the
         # request to start from, and MLflow checks before registering that the logged model loads and answers it.
@@ -193,8 +195,8 @@ class Tracker:
                 model_name, info.model_uri, run_id=run_id, model_id=info.model_id,
                 tags={CHECKPOINT_TAG: checkpoint_sha256, "run_id": run_id},
                 description=f"DDPM generator (EMA weights) of checkpoint sha256 {checkpoint_sha256[:12]}, run "
-                            f"{run_id}. predict: one row per request {{num_samples, sampler, steps, seed, batch_size}}"
-                            " -> uint8 NHWC images.")
+                            f"{run_id}. predict: one row per request {{num_samples, sampler, steps, seed, batch_size, "
+                            "class, guidance} -> uint8 NHWC images (class and guidance: conditional models).")
 
     def alias_version(self, model_name: str, alias: str) -> ModelVersion | None:
         with self.errors():

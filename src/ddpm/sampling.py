@@ -1,4 +1,5 @@
-"""Batch generation: num_samples images from a trained U-Net (eps, v or x0 prediction) with the configured sampler."""
+"""Batch generation: num_samples images from a trained U-Net (eps, v or x0 prediction) with the configured sampler;
+a class-conditional U-Net draws each sample's configured label, with classifier-free guidance."""
 
 from __future__ import annotations
 
@@ -11,22 +12,38 @@ from tqdm.auto import tqdm
 from ddpm.data import to_uint8_images
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import CheckpointError
+from ddpm.guidance import guided
 from ddpm.param_groups import SampleConfig
 from ddpm.unet import UNet
+
+
+def sample_labels(cfg: SampleConfig, num_classes: int) -> np.ndarray | None:
+    """Sample i's label: cfg.classes[i % len(cfg.classes)], by default every class in turn (equal shares
+    without drawing a random number); None for an unconditional model (num_classes 0)."""
+    cfg.check_conditioning(num_classes)
+    if not num_classes:
+        return None
+    classes = np.asarray(cfg.classes if cfg.classes is not None else range(num_classes), dtype=np.int64)
+    return classes[np.arange(cfg.num_samples) % len(classes)]
 
 
 @torch.no_grad()
 def generate(model: UNet, diffusion: GaussianDiffusion, cfg: SampleConfig, *,
              device: torch.device | str = "cpu", progress: bool = True) -> np.ndarray:
-    """cfg.num_samples images as uint8 NHWC, in batches, from one seeded generator."""
+    """cfg.num_samples images as uint8 NHWC, in batches, from one seeded generator; labelled as `sample_labels`."""
     model.eval()
+    labels = sample_labels(cfg, model.num_classes)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     shape = (model.channels, model.image_size, model.image_size)
     out = []
     batches = math.ceil(cfg.num_samples / cfg.batch_size)
     for i in tqdm(range(batches), desc=f"sample ({cfg.sampler})", disable=not progress, dynamic_ncols=True):
         n = min(cfg.batch_size, cfg.num_samples - i * cfg.batch_size)
-        x = diffusion.sample(model, (n, *shape), sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta,
+        net = model
+        if labels is not None:
+            batch_labels = torch.from_numpy(labels[i * cfg.batch_size:i * cfg.batch_size + n]).to(device)
+            net = guided(model, batch_labels, cfg.guidance, null_class=model.num_classes)
+        x = diffusion.sample(net, (n, *shape), sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta,
                              variance=cfg.variance, clip_denoised=cfg.clip_denoised,
                              generator=generator, device=device)
         if not torch.isfinite(x).all():

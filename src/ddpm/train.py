@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,10 @@ from tqdm.auto import tqdm
 
 from ddpm.checkpoints import CHECKPOINT_FORMAT, SnapshotStore
 from ddpm.config import Config
-from ddpm.data import to_model_input
+from ddpm.data import check_num_classes, to_model_input
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import ConfigError
+from ddpm.guidance import drop_labels
 from ddpm.interrupts import TrainingInterrupted, stop_requests
 from ddpm.runtime import autocast_dtype, distributed_from_env, global_mean, init_distributed, resolve_device
 from ddpm.unet import UNet, count_parameters
@@ -122,10 +124,13 @@ Probe = Callable[[UNet, GaussianDiffusion, torch.device], dict[str, float]]  # E
 
 
 def train(
-    cfg: Config, images: np.ndarray, *, snapshots: SnapshotStore | None = None, probe: Probe | None = None,
-    progress: bool = True, max_steps: int | None = None,
+    cfg: Config, images: np.ndarray, *, labels: np.ndarray | None = None, snapshots: SnapshotStore | None = None,
+    probe: Probe | None = None, progress: bool = True, max_steps: int | None = None,
 ) -> TrainResult:
     """Train the U-Net on uint8 NHWC images for cfg.train.steps steps (resuming when possible).
+
+    `labels` (int, one per image): what a class-conditional model (model.num_classes > 0) is trained
+    on, each dropped to the null class with probability train.cond_drop; unused otherwise.
 
     `snapshots`: where the run's state goes every cfg.train.checkpoint_every steps and on SIGTERM or
     SIGINT (then TrainingInterrupted is raised); training continues from the newest good snapshot
@@ -147,6 +152,10 @@ def train(
 
     n, h, w, c = images.shape
     data = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    num_classes = cfg.model.num_classes
+    if num_classes:
+        check_num_classes(num_classes, labels)
+        label_data = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     model = UNet(cfg.model, h, c).to(device)
     gamma = power_ema_gamma(tc.ema_sigma_rel) if tc.ema_sigma_rel is not None else None
@@ -213,14 +222,19 @@ def train(
             t0 = time.perf_counter()
             # Every rank draws the whole global batch (indices, flips, t, noise) from identically seeded
             # generators and keeps its own slice, so N processes see exactly one process's batches.
-            x0 = to_model_input(data[sampler.next()[local].to(device)])
+            idx = sampler.next()[local].to(device)
+            x0 = to_model_input(data[idx])
             if tc.hflip:
                 flip = (torch.rand(tc.batch_size, generator=flip_gen) < 0.5)[local]
                 x0 = torch.where(flip.to(device)[:, None, None, None], x0.flip(3), x0)
             t = torch.randint(0, diffusion.num_timesteps, (tc.batch_size,), device=device)[local]
             noise = torch.randn((tc.batch_size, *x0.shape[1:]), device=device)[local]
+            net = forward
+            if num_classes:  # drawn last and only here: an unconditional run draws what it drew before classes
+                uniform = torch.rand(tc.batch_size, device=device)[local]
+                net = partial(forward, y=drop_labels(label_data[idx], uniform, tc.cond_drop, num_classes))
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss = diffusion.training_loss(forward, x0, t, noise, min_snr_gamma=tc.min_snr_gamma)
+                loss = diffusion.training_loss(net, x0, t, noise, min_snr_gamma=tc.min_snr_gamma)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)

@@ -102,7 +102,13 @@ class Upsample(nn.Module):
 
 
 class UNet(nn.Module):
-    """eps_theta(x_t, t): images (B, C, H, W) in [-1, 1] and integer timesteps (B,) -> (B, C, H, W)."""
+    """eps_theta(x_t, t[, y]): images (B, C, H, W) in [-1, 1], integer timesteps (B,) and, with
+    cfg.num_classes > 0, integer labels (B,) -> (B, C, H, W).
+
+    A conditional U-Net adds a learned class embedding to the time embedding; label num_classes
+    is the null class (no label: the unconditional model of classifier-free guidance), which is
+    also what y = None means.
+    """
 
     def __init__(self, cfg: ModelConfig, image_size: int, channels: int):
         super().__init__()
@@ -141,6 +147,14 @@ class UNet(nn.Module):
 
         self.norm_out = nn.GroupNorm(groups, cur)
         self.conv_out = zero_init(nn.Conv2d(cur, channels, 3, padding=1))
+        # Created last, so that the layers above draw the same initial weights with or without classes;
+        # an unconditional U-Net creates nothing and draws nothing more than before classes existed.
+        if cfg.num_classes:
+            self.class_emb = nn.Embedding(cfg.num_classes + 1, temb_ch)  # the last row: the null class
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.num_classes
 
     def _block(self, in_ch: int, out_ch: int, temb_ch: int, res: int) -> nn.Module:
         block = ResBlock(in_ch, out_ch, temb_ch, self.cfg.dropout, self.cfg.norm_groups)
@@ -148,8 +162,13 @@ class UNet(nn.Module):
             return _ResAttn(block, AttnBlock(out_ch, self.cfg.num_heads, self.cfg.norm_groups))
         return block
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         temb = self.temb(timestep_embedding(t, self.cfg.base_channels))
+        if self.num_classes:
+            y = torch.full_like(t, self.num_classes, dtype=torch.long) if y is None else y
+            temb = temb + self.class_emb(y)
+        elif y is not None:
+            raise ValueError("this U-Net is unconditional (model.num_classes = 0): it takes no labels")
         h = self.conv_in(x)
         skips = [h]
         for layer in self.down:
