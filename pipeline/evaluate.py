@@ -1,13 +1,14 @@
-"""Stage evaluate: FID, KID, precision/recall per feature space with data floors, and class coverage."""
+"""Stage evaluate: FID, KID, precision/recall per feature space with data floors, class coverage, and a
+class-conditional model's conditional accuracy."""
 
 import time
 
 import numpy as np
 
 from ddpm.config import Config
-from ddpm.data import load_split
+from ddpm.data import floor_indices, load_split
 from ddpm.errors import DataError
-from ddpm.evaluation import check_samples, coverage, evaluate_space
+from ddpm.evaluation import check_samples, conditional_accuracy, coverage, evaluate_space
 from ddpm.feature_spaces import extract
 from ddpm.io import write_json
 from ddpm.runtime import resolve_device
@@ -16,15 +17,16 @@ from pipeline.spaces import feature_space, load_reference
 from pipeline.stage import log, progress_enabled, run
 
 
-def load_samples(path=paths.SAMPLES) -> np.ndarray:
+def load_samples(path=paths.SAMPLES) -> tuple[np.ndarray, np.ndarray | None]:
+    """The images, and each one's class when a class-conditional model drew them (else None)."""
     if not path.is_file():
         raise DataError(f"{path} not found: run the sample stage first (dvc repro sample)")
     with np.load(path) as z:
-        return z["images"]
+        return z["images"], z["labels"] if "labels" in z.files else None
 
 
 def evaluate(cfg: Config) -> dict:
-    samples, test = load_samples(), load_split(paths.TEST_SPLIT)
+    (samples, sample_labels), test = load_samples(), load_split(paths.TEST_SPLIT)
     check_samples(samples, test.images.shape[1:])
     refs = {name: load_reference(cfg, name) for name in cfg.evaluate.spaces}  # fail before the slow part
     device = str(resolve_device(cfg.runtime.device))
@@ -39,6 +41,11 @@ def evaluate(cfg: Config) -> dict:
         if name == "domain":
             metrics["coverage"] = coverage(feats["logits"], test.labels, test.class_names, cfg.evaluate.confidence,
                                            real_logits=ref.floor["logits"])
+            if sample_labels is not None:  # the floor images: real, unseen by the classifier, labelled
+                train = load_split(paths.TRAIN_SPLIT)
+                metrics["conditional"] = conditional_accuracy(
+                    feats["logits"], sample_labels, test.class_names, real_logits=ref.floor["logits"],
+                    real_labels=train.labels[floor_indices(len(train), len(test), cfg.seed)])
         m = metrics[name]
         log.info("%s: FID %.3f (floor %.3f), KID %.4f, precision %.3f, recall %.3f at N=%d in %.1f s", name,
                  m["fid"], m["floor"]["fid"], m["kid_mean"], m["precision"], m["recall"], m["n_samples"],
@@ -48,6 +55,10 @@ def evaluate(cfg: Config) -> dict:
         c = metrics["coverage"]
         log.info("%.1f%% confidently classified (real unseen digits: %.1f%%); missing classes: %s",
                  100 * c["confident_share"], 100 * c["confident_share_real"], ", ".join(c["missing_classes"]) or "none")
+    if "conditional" in metrics:
+        c = metrics["conditional"]
+        log.info("conditional accuracy %.1f%% (the classifier on real unseen digits: %.1f%%)",
+                 100 * c["accuracy"], 100 * c["accuracy_real"])
     return timing
 
 

@@ -243,3 +243,32 @@ def test_served_requests_check_class_against_the_model():
         with pytest.raises(MlflowException, match=match) as info:
             request_config(row, defaults, 1000, num_classes=classes)
         assert info.value.get_http_status_code() == 400
+
+
+# ---------------------------------------------------------------------------- evaluation and the profile
+def test_conditional_accuracy_by_hand():
+    from ddpm.evaluation import conditional_accuracy
+
+    names = ["zero", "one", "two"]
+    # samples asked for 0, 0, 1, 1, 2, 2; the classifier says 0, 1, 1, 1, 2, 0
+    logits = np.eye(3)[[0, 1, 1, 1, 2, 0]]
+    real_logits, real_labels = np.eye(3)[[0, 1, 2, 2]], np.array([0, 1, 2, 1])
+    out = conditional_accuracy(logits, np.array([0, 0, 1, 1, 2, 2]), names, real_logits, real_labels)
+    assert out["accuracy"] == pytest.approx(4 / 6) and out["accuracy_real"] == pytest.approx(3 / 4)
+    assert out["per_class"] == {"zero": {"samples": 0.5, "real": 1.0}, "one": {"samples": 1.0, "real": 0.5},
+                                "two": {"samples": 0.5, "real": 1.0}}
+    only_ones = conditional_accuracy(logits[2:4], np.array([1, 1]), names)
+    assert only_ones["per_class"]["zero"] == {"samples": None} and only_ones["accuracy"] == 1.0
+    from ddpm.errors import DataError
+    with pytest.raises(DataError, match="do not fit 6 samples of 3 classes"):
+        conditional_accuracy(logits, np.array([0, 0, 1, 1, 2, 3]), names)
+
+
+def test_the_mnist_cond_profile_is_the_default_with_ten_classes():
+    import yaml
+
+    from pipeline.profile import render
+
+    cfg = config_from_dict(yaml.safe_load(render("mnist-cond")))
+    assert cfg.model.num_classes == 10 and cfg.sample.guidance > 0
+    assert cfg.data == Config().data and cfg.train.steps == Config().train.steps  # the default's digits and budget

@@ -139,3 +139,31 @@ class TrainingProbe:
         scored = predict(self.classifier, images)
         return {"fid": frechet_distance(gaussian_stats(scored.features), self.test_stats),
                 "confident": confident_share(scored.probs, self.confidence)}
+
+
+def conditional_accuracy(logits: np.ndarray, labels: np.ndarray, class_names: list[str],
+                         real_logits: np.ndarray | None = None, real_labels: np.ndarray | None = None) -> dict:
+    """A class-conditional model's samples: the share of samples of class c that the domain classifier
+    assigns to c, per class and overall (per class null where no sample was asked for that class).
+
+    `real_logits`, `real_labels` (real images the classifier never saw) give the same share for real
+    images, the classifier's own accuracy: the yardstick, since its errors count against the samples too.
+    """
+    def shares(logits: np.ndarray, labels: np.ndarray) -> tuple[float, list[float | None]]:
+        hit = np.asarray(logits).argmax(axis=1) == labels
+        per = [float(hit[labels == c].mean()) if (labels == c).any() else None for c in range(len(class_names))]
+        return float(hit.mean()), per
+
+    labels = np.asarray(labels)
+    if len(labels) != len(logits) or labels.min() < 0 or labels.max() >= len(class_names):
+        raise DataError(f"the samples' labels ({len(labels)}, from {labels.min()} to {labels.max()}) do not fit "
+                        f"{len(logits)} samples of {len(class_names)} classes: re-run sample after train")
+    overall, per = shares(logits, labels)
+    out = {"n_samples": len(labels), "accuracy": overall,
+           "per_class": {name: {"samples": per[c]} for c, name in enumerate(class_names)}}
+    if real_logits is not None and real_labels is not None:
+        out["accuracy_real"], per_real = shares(real_logits, np.asarray(real_labels))
+        out["n_real"] = len(real_labels)
+        for c, name in enumerate(class_names):
+            out["per_class"][name]["real"] = per_real[c]
+    return out
