@@ -1,7 +1,8 @@
-"""Write params.yaml for a profile: the defaults (src/ddpm/config.py) with profiles/NAME.yaml on top.
+"""Write params.yaml for a profile: the defaults (src/ddpm/param_groups.py) with profiles/NAME.yaml on top.
 
     python -m pipeline.profile default        # embedded MNIST subset on 2 CPU cores (README, "Measured")
     python -m pipeline.profile tiny           # seconds; what the integration tests run
+    python -m pipeline.profile mnist-cond     # the default, class-conditional with guidance
     python -m pipeline.profile cifar10-gpu    # the DDPM paper's 35.7M CIFAR-10 model, on a GPU
 """
 

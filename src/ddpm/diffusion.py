@@ -108,14 +108,12 @@ class GaussianDiffusion:
 
     # -- parameterisations -----------------------------------------------------------------
     def predict_x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        recip = _extract(self.sqrt_recip_alphas_cumprod, t, x_t)
-        recipm1 = _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t)
-        return recip * x_t - recipm1 * eps
+        rec, recm1 = (_extract(c, t, x_t) for c in (self.sqrt_recip_alphas_cumprod, self.sqrt_recipm1_alphas_cumprod))
+        return rec * x_t - recm1 * eps
 
     def predict_eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        recip = _extract(self.sqrt_recip_alphas_cumprod, t, x_t)
-        recipm1 = _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t)
-        return (recip * x_t - x0) / recipm1
+        rec, recm1 = (_extract(c, t, x_t) for c in (self.sqrt_recip_alphas_cumprod, self.sqrt_recipm1_alphas_cumprod))
+        return (rec * x_t - x0) / recm1
 
     def velocity(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022)."""

@@ -58,7 +58,8 @@ def request_config(row: dict[str, Any], defaults, timesteps: int, num_classes: i
         raise bad(f"{key} = {row[key]!r} is not allowed: this model is unconditional (trained with "
                   f"model.num_classes = 0); leave {key} out")
     if label is not None and not _is_label(label, num_classes):
-        raise bad(f"class = {label!r} is not one of the model's classes: ask for an integer from 0 to {num_classes - 1}")
+        raise bad(f"class = {label!r} is not one of the model's classes: "
+                  f"ask for an integer from 0 to {num_classes - 1}")
     try:
         n = int(_value(row, "num_samples", 0))
         cfg = dataclasses.replace(
