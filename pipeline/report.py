@@ -80,8 +80,8 @@ def report(cfg: Config) -> None:
     figures = {"samples": paths.SAMPLE_GRID, "trajectory": paths.TRAJECTORY_FIGURE, "loss": paths.LOSS_FIGURE,
                "sampler_sweep": paths.SWEEP_FIGURE, "coverage": paths.COVERAGE_FIGURE}
     train_eval = read_train_eval()
+    save_training_quality_figure(paths.TRAINING_QUALITY_FIGURE, train_eval or [])
     if train_eval:
-        save_training_quality_figure(paths.TRAINING_QUALITY_FIGURE, train_eval)
         figures["training_quality"] = paths.TRAINING_QUALITY_FIGURE
     tags = provenance(metrics["train"]["train"])
     text = render_markdown(

@@ -85,12 +85,14 @@ def draw_every_figure(folder: Path) -> dict[str, bytes]:
                                                                                              "data": 0.5}})
     save_training_quality_figure(folder / "quality.png", [{"step": 100, "fid": 9.0, "confident": 0.2},
                                                           {"step": 200, "fid": 5.0, "confident": 0.4}])
+    save_training_quality_figure(folder / "quality_unmeasured.png", [])  # a declared output even when unmeasured
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
 def test_figures_have_reproducible_bytes_and_no_metadata(tmp_path):
     first = draw_every_figure(tmp_path / "a")
     second = draw_every_figure(tmp_path / "b")
-    assert len(first) == 5 and first == second
+    assert len(first) == 6 and first == second
+    assert first["quality.png"] != first["quality_unmeasured.png"]
     for name, data in first.items():
         assert data.startswith(b"\x89PNG") and png_text_chunks(data) == [], name

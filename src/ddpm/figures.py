@@ -114,9 +114,19 @@ def save_coverage_figure(path: str | Path, per_class: dict[str, dict[str, float]
 
 
 def save_training_quality_figure(path: str | Path, rows: list[dict[str, float]]) -> None:
-    """FID against training step, and the share of samples classified confidently (train_eval.csv rows)."""
+    """FID against training step, and the share of samples classified confidently (train_eval.csv rows).
+
+    Without rows (evaluation off, or a run shorter than train.eval_every) the figure says so: the file is
+    a declared DVC output either way, so a teammate's `dvc pull` never leaves a stale one behind.
+    """
     fig = Figure(figsize=(6, 3.2), dpi=120)
     ax = fig.subplots()
+    if not rows:
+        ax.axis("off")
+        ax.text(0.5, 0.5, "quality during training: not measured in this run\n(train.eval_every = 0, or fewer "
+                "steps than train.eval_every)", ha="center", va="center", fontsize=9)
+        _save(fig, path)
+        return
     steps = [r["step"] for r in rows]
     ax.plot(steps, [r["fid"] for r in rows], marker="o", lw=1.2, color="C0")
     ax.set(xlabel="training step", title="quality during training")
