@@ -20,6 +20,7 @@ from ddpm.champion import gate
 from ddpm.config import config_from_dict
 from ddpm.errors import ConfigError, TrackingUnavailable
 from ddpm.mlflow_client import Tracker, flatten, redact
+from ddpm.param_groups import PORTABLE_CPU_ENV
 from pipeline.stage import EXIT_TEMPORARY
 from tests.helpers import copy_project, run, use_profile
 from tests.mlflow_server import Server, free_port, mlflow_env, stop, wait_http
@@ -257,18 +258,20 @@ def test_served_champion_generates_the_pipelines_images(first_repro, server, pro
     log = tmp_path / "serve.log"
     e = mlflow_env()
     e["MLFLOW_TRACKING_URI"] = server.uri
+    e.update(PORTABLE_CPU_ENV)  # the kernels the stages ran (runtime.cpu_isa: avx2): the same bytes
     cmd = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@champion",
            "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=e, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", proc, log)
-        request = {"dataframe_records": [{"num_samples": 24, "sampler": "ddim", "steps": 4, "seed": 1,
-                                          "batch_size": 12}]}  # the tiny profile's sample settings
-        images = np.asarray(invoke(port, request)["predictions"])
+        # only the count: sampler, steps, seed and batch default to the registered sample parameters
+        images = np.asarray(invoke(port, {"dataframe_records": [{"num_samples": 24}]})["predictions"])
         assert images.shape == (24, 28, 28, 1) and images.min() >= 0 and images.max() <= 255
         with np.load(project / "samples/samples.npz") as z:
             np.testing.assert_array_equal(images, z["images"])  # the registered checkpoint, the same sampler
+        other = {"num_samples": 24, "sampler": "ddim", "steps": 4, "seed": 1, "batch_size": 12}
+        assert not np.array_equal(np.asarray(invoke(port, {"dataframe_records": [other]})["predictions"]), images)
         with pytest.raises(urllib.error.HTTPError) as info:
             invoke(port, {"dataframe_records": [{"num_samples": 2, "sampler": "euler"}]})
         assert info.value.code == 400 and "choose one of 'ddpm', 'ddim'" in info.value.read().decode()

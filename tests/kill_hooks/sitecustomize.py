@@ -2,7 +2,9 @@
 
 DDPM_KILL=during-snapshot:N  SIGKILL halfway through writing the N-th snapshot file
 DDPM_KILL=after-snapshot:N   SIGKILL right after the N-th snapshot and its checksum are complete
-DDPM_KILL_ONCE=PATH          ... only if PATH does not exist yet (it is created first): the retry runs on
+DDPM_KILL_ONCE=PATH          ... only if PATH does not exist yet (it is created at the kill): the retry runs on;
+                             checked at the kill point, not at start-up, since `dvc repro` is a Python
+                             process too and loads this file before the stage it starts
 DDPM_SLOW_STEPS=S            sleep S seconds in every snapshot-free training step (time to signal it)
 DDPM_FILE_SIZE_LIMIT=BYTES   RLIMIT_FSIZE: a write past BYTES fails as on a full disk (EFBIG)
 
@@ -16,11 +18,6 @@ from ddpm.param_groups import PORTABLE_CPU_ENV
 
 os.environ.update(PORTABLE_CPU_ENV)  # the tiny profile's runtime.cpu_isa, before anything here loads torch
 _kill = os.environ.get("DDPM_KILL")
-if _kill and os.environ.get("DDPM_KILL_ONCE"):
-    if os.path.exists(os.environ["DDPM_KILL_ONCE"]):
-        _kill = None
-    else:
-        open(os.environ["DDPM_KILL_ONCE"], "w").close()
 _slow = os.environ.get("DDPM_SLOW_STEPS")
 _limit = os.environ.get("DDPM_FILE_SIZE_LIMIT")
 
@@ -35,6 +32,19 @@ if _kill:
 
     _point, _n = _kill.split(":")
     _seen = {"snapshots": 0}
+
+    def _die(before=lambda: None):
+        once = os.environ.get("DDPM_KILL_ONCE")
+        if once:
+            if os.path.exists(once):
+                return
+            open(once, "w").close()
+        before()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def _truncate(tmp):  # the write got halfway
+        with open(tmp, "r+b") as f:
+            f.truncate(os.path.getsize(tmp) // 2)
     _atomic_path, _write_text = ddpm.io.atomic_path, ddpm.io.write_text
 
     def _killing_atomic_path(path):
@@ -47,15 +57,13 @@ if _kill:
                 if os.path.basename(str(path)).startswith("step-") and str(path).endswith(".pt"):
                     _seen["snapshots"] += 1
                     if _point == "during-snapshot" and _seen["snapshots"] == int(_n):
-                        with open(tmp, "r+b") as f:  # the write got halfway
-                            f.truncate(os.path.getsize(tmp) // 2)
-                        os.kill(os.getpid(), signal.SIGKILL)
+                        _die(lambda: _truncate(tmp))
         return wrapped()
 
     def _killing_write_text(path, text):
         _write_text(path, text)
         if _point == "after-snapshot" and str(path).endswith(".pt.sha256") and _seen["snapshots"] == int(_n):
-            os.kill(os.getpid(), signal.SIGKILL)
+            _die()
 
     ddpm.io.atomic_path = _killing_atomic_path
     ddpm.io.write_text = _killing_write_text
