@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -82,6 +83,18 @@ def stage_env(root: Path) -> dict[str, str]:
     return env
 
 
+def describe_exit(code: int) -> str:
+    """A stage's exit code in words. DVC runs the command through $SHELL, or /bin/sh where SHELL is unset:
+    bash execs a lone command, so a SIGKILL reads -9; dash waits for it and exits 128 + 9 = 137."""
+    number = -code if code < 0 else code - 128 if 128 < code < 128 + signal.NSIG else None
+    if number is None:
+        return f"exit code {code}"
+    try:
+        return f"killed by {signal.Signals(number).name}, exit code {code}"
+    except ValueError:
+        return f"exit code {code}"
+
+
 def stage_error(stage: str, returncode: int, lines: list[str]) -> Exception:
     """The exception for a failed `dvc repro`, by the stage's exit code: deterministic or worth a retry."""
     text = "\n".join(lines)
@@ -93,7 +106,7 @@ def stage_error(stage: str, returncode: int, lines: list[str]) -> Exception:
         return StageInputError(message) if code == EXIT_BAD_INPUT else StageDiverged(message)
     dvc_said = [line for line in lines if line.startswith("ERROR:")]
     detail = (said or dvc_said or lines or ["no output"])[-1]
-    what = f"exit code {code}" if code is not None else f"dvc exit code {returncode}"
+    what = describe_exit(code) if code is not None else f"dvc exit code {returncode}"
     if "Unable to acquire lock" in text:
         what += "; DVC's repo lock .dvc/tmp/lock is held by another dvc process, e.g. a manual `dvc repro`"
     return StageFailed(f"stage {stage} failed ({what}): {detail}")

@@ -329,7 +329,10 @@ def test_exit_codes_decide_what_is_retried():
     diverged = failure(3, "error: train: training loss is nan in steps 1-25: lower train.lr")
     assert isinstance(bad, StageInputError) and str(bad) == "error: train: train.lr = -1 is out of range: expected > 0"
     assert isinstance(diverged, StageDiverged) and str(diverged).startswith("error: train: training loss is nan")
-    for transient in (failure(-9, "Killed"), failure(75, "error: register: cannot reach the MLflow tracking server"),
+    assert str(failure(-9, "Killed")).startswith("stage train failed (killed by SIGKILL, exit code -9)")
+    assert str(failure(137, "Killed")).startswith("stage train failed (killed by SIGKILL, exit code 137)")
+    assert str(failure(1, "Traceback")).startswith("stage train failed (exit code 1)")
+    for transient in (failure(-9, "Killed"), failure(137, "Killed"), failure(75, "error: register: cannot reach the MLflow tracking server"),
                       stage_error("train", 255, ["ERROR: Unable to acquire lock"])):
         assert isinstance(transient, StageFailed), transient
     retried = {type(e).__name__: _retry_unless_deterministic(None, None, Failed(data=e))
@@ -500,7 +503,7 @@ def test_a_killed_train_stage_is_resumed_by_the_retry(prefect_api, tmp_path, mon
     with client() as c:
         assert c.read_task_run(state.state_details.task_run_id).run_count == 2
     lines = logs(task_run_id=state.state_details.task_run_id)
-    assert any("exit code -9" in line for line in lines)
+    assert any("killed by SIGKILL" in line for line in lines)
     assert any("resuming from models/resume/step-00000003.pt at step 3" in line for line in lines)
     digest = {p: hashlib.sha256((p / "models/checkpoint.pt").read_bytes()).hexdigest() for p in (project, whole)}
     assert digest[project] == digest[whole]
@@ -542,7 +545,7 @@ def test_deterministic_failures_fail_at_once_and_transient_ones_are_retried(pref
     assert "error: diverged: training loss is nan in steps 1-25: lower train.lr" in states["diverged"].message
     with pytest.raises(StageDiverged):
         states["diverged"].result()
-    with pytest.raises(StageFailed, match=r"stage killed failed \(exit code -9\)"):
+    with pytest.raises(StageFailed, match=r"stage killed failed \(killed by SIGKILL, exit code (-9|137)\)"):
         states["killed"].result()
 
 
