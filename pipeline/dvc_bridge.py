@@ -45,13 +45,15 @@ DETERMINISTIC = (StageInputError, StageDiverged)  # the failures a retry cannot 
 
 
 class DvcStage(NamedTuple):
-    name: str  # what `dvc repro` takes, relative to the project root
-    upstream: list[str]  # the stages whose outputs it depends on
+    name: str  # the stage's name in its dvc.yaml: what logs, task runs and `force` say
+    target: str  # what `dvc repro` takes: the name, or "registry/dvc.yaml:register" outside the root dvc.yaml
+    upstream: list[str]  # the names of the stages whose outputs it depends on
     always_changed: bool  # DVC runs it every time (e.g. a stage that asks a registry outside DVC's view)
 
 
 def dvc_stages(root: Path) -> list[DvcStage]:
-    """The stages of dvc.yaml (and what they need), in the order `dvc repro` runs them.
+    """The stages `dvc repro` runs (those of dvc.yaml and what they need, register from registry/dvc.yaml
+    among them), in its order.
 
     DVC's own graph (outputs of one stage that are dependencies of another) and its own planner;
     frozen stages are cut from their dependencies as in `dvc repro`.
@@ -69,7 +71,8 @@ def dvc_stages(root: Path) -> list[DvcStage]:
     with Repo(str(root)) as repo:
         graph = get_active_graph(repo.index.graph)
         order = plan_repro(graph, collect_stages(repo, [str(root / PROJECT_FILE)]))
-        return [DvcStage(target(s), [target(d) for d in graph.successors(s)], bool(s.always_changed)) for s in order]
+        return [DvcStage(s.name, target(s), [d.name for d in graph.successors(s)], bool(s.always_changed))
+                for s in order]
 
 
 def stage_env(root: Path) -> dict[str, str]:
@@ -129,11 +132,12 @@ def _forward(logger: Any, line: str) -> None:
 @task(name="dvc-stage", tags=["dvc"], cache_policy=NO_CACHE,  # DVC decides what is cached, not Prefect
       retries=RETRIES, retry_delay_seconds=exponential_backoff(BACKOFF_S), retry_jitter_factor=0.2,
       retry_condition_fn=_retry_unless_deterministic)
-def run_stage(project_dir: str, stage: str, force: bool = False) -> dict[str, Any]:
-    """`dvc repro --single-item STAGE` in the project; its output goes to the Prefect log line by line."""
+def run_stage(project_dir: str, target: str, force: bool = False) -> dict[str, Any]:
+    """`dvc repro --single-item TARGET` in the project; its output goes to the Prefect log line by line."""
     logger = get_run_logger()
     root = Path(project_dir)
-    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
+    stage = target.rpartition(":")[2]  # registry/dvc.yaml:register -> register
+    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", target] + (["--force"] if force else [])
     logger.info("$ dvc %s   (in %s)", " ".join(cmd[3:]), root)
     start = time.monotonic()
     lines: list[str] = []

@@ -76,9 +76,9 @@ def retrain(overrides: list[str] | None = None, force: list[str] | None = None, 
                         ", ".join(stage.name for stage in stages if stage.always_changed))
         futures: dict[str, Any] = {}
         results: list[dict[str, Any]] = []
-        for i, (name, upstream, _) in enumerate(stages):
+        for i, (name, target, upstream, _) in enumerate(stages):
             future = run_stage.with_options(task_run_name=name, tags={"dvc", f"stage:{name}"}).submit(
-                str(root), name, force=name in force, wait_for=[futures[u] for u in upstream if u in futures])
+                str(root), target, force=name in force, wait_for=[futures[u] for u in upstream if u in futures])
             future.wait()
             futures[name] = future
             if not future.state.is_completed():

@@ -1,6 +1,6 @@
 """Stage register: the trained generator as a version of the registered MLflow model, alias `candidate`.
 
-Idempotent and declared `always_changed` in dvc.yaml: it asks the registry every time, so a
+Idempotent and declared `always_changed` in registry/dvc.yaml: it asks the registry every time, so a
 registry that lacks the checkpoint (a new tracking server, a deleted mlflow.db, DVC's run-cache
 restoring train's outputs) gets it, and one that has it gets no second version. The question is
 first asked without MLflow (ddpm.registry_probe: sqlite3 on mlflow.db, or the server's REST API):

@@ -1,12 +1,32 @@
 """Shared by the tests that run stage entry points in a temporary copy of the project."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
+DVC_FILES = ("dvc.yaml", "registry/dvc.yaml")  # register has its own (dvc.yaml says why)
+
+
+def declared_stages(project: Path) -> dict[str, dict]:
+    """Every stage of the DAG by name, as its dvc.yaml declares it."""
+    return {name: spec for f in DVC_FILES for name, spec in yaml.safe_load((project / f).read_text())["stages"].items()}
+
+
+def locked_stages(project: Path) -> dict[str, dict]:
+    """Every stage of the DAG by name, as DVC locked it (the dvc.lock beside each dvc.yaml)."""
+    locks = [project / f.replace("dvc.yaml", "dvc.lock") for f in DVC_FILES]
+    return {name: spec for lock in locks for name, spec in (yaml.safe_load(lock.read_text()) or {})["stages"].items()}
+
+
+def ran(output: str) -> list[str]:
+    """The stages `dvc repro` ran, by name, from its output ("Running stage 'registry/dvc.yaml:register'")."""
+    return re.findall(r"Running stage '(?:[\w/.-]+:)?([\w-]+)'", output)
 
 
 def project_files() -> list[str]:

@@ -14,10 +14,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.browser import chromium, needs_chromium
-from tests.helpers import ROOT, env
+from tests.helpers import ROOT, declared_stages, env
 from tests.mlflow_server import free_port, stop, wait_http
 
 SCREENSHOTS = ROOT / "reports" / "screenshots"
@@ -160,7 +159,7 @@ def test_prefect_flow_run_page_draws_the_task_graph(tracked_dag, prefect_ui, tmp
     tracked_dag.run(flow)
     [flow_run] = api_post(f"{api}/flow_runs/filter", {})
     tasks = api_post(f"{api}/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}})
-    stages = yaml.safe_load((tracked_dag.project / "dvc.yaml").read_text())["stages"]
+    stages = declared_stages(tracked_dag.project)
     assert sorted(t["name"] for t in tasks) == sorted(stages) and flow_run["state_type"] == "COMPLETED"
     with chromium(tmp_path / "profile") as page:
         page.call("Emulation.setDeviceMetricsOverride", width=1400, height=1000, deviceScaleFactor=1, mobile=False)

@@ -180,13 +180,18 @@ def test_a_conditional_model_adds_only_the_class_embedding():
 @pytest.mark.parametrize("raw, match", [
     ({"sample": {"classes": [7]}}, r"sample\.classes needs a class-conditional model, .* \(model\.num_classes = 0\)"),
     ({"sample": {"guidance": 2.0}}, r"sample\.guidance needs a class-conditional model"),
-    ({"model": {"num_classes": 10}, "sample": {"classes": [3, 10]}}, r"sample\.classes contains 10, .* use labels 0 to 9"),
+    ({"model": {"num_classes": 10}, "sample": {"classes": [3, 10]}},
+     r"sample\.classes contains 10, .* use labels 0 to 9"),
     ({"model": {"num_classes": 10}, "sample": {"guidance": 1.0}, "train": {"cond_drop": 0.0}},
      r"train\.cond_drop = 0 never trains: set train\.cond_drop: 0\.1"),
     ({"model": {"num_classes": -1}}, r"model\.num_classes = -1 is out of range"),
     ({"train": {"cond_drop": 1.0}}, r"train\.cond_drop = 1\.0 is out of range: expected in \[0, 1\)"),
     ({"sample": {"guidance": -1.0}}, r"sample\.guidance = -1\.0 is out of range"),
     ({"model": {"num_classes": 10}, "sample": {"classes": []}}, r"sample\.classes = \[\] is out of range"),
+    ({"model": {"num_classes": 10}, "train": {"cond_drop": 0.0}},
+     r"sweep\.guidance = \[0\.0, 0\.5, 1\.0, 2\.0, 4\.0\] guides .* set train\.cond_drop: 0\.1, "
+     r"or sweep\.guidance: \[0\]"),
+    ({"sweep": {"guidance": [0, -1]}}, r"sweep\.guidance = \[0\.0, -1\.0\] is out of range: expected .* >= 0"),
 ])
 def test_bad_conditioning_is_one_line_naming_the_key(raw, match):
     with pytest.raises(ConfigError, match=match) as info:
@@ -272,3 +277,51 @@ def test_the_mnist_cond_profile_is_the_default_with_ten_classes():
     cfg = config_from_dict(yaml.safe_load(render("mnist-cond")))
     assert cfg.model.num_classes == 10 and cfg.sample.guidance > 0
     assert cfg.data == Config().data and cfg.train.steps == Config().train.steps  # the default's digits and budget
+
+
+# ---------------------------------------------------------------------------- the DAG, conditional
+@pytest.mark.slow
+def test_a_tiny_conditional_dag_end_to_end(tmp_path):
+    """The tiny profile with ten classes through `dvc repro`: labelled samples, conditional accuracy per class,
+    the guidance sweep as metrics, DVC plot and report table, every number in the report from the JSON."""
+    import json
+    import sys
+
+    import yaml
+
+    from tests.helpers import copy_project, run, use_profile
+
+    project = copy_project(tmp_path / "p")
+    use_profile(project, "tiny")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["model"]["num_classes"], params["train"]["cond_drop"] = 10, 0.1
+    params["sample"]["guidance"], params["sweep"]["guidance"] = 1.0, [2.0, 0.0]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny, conditional"]):
+        run(cmd, cwd=project)
+    run([sys.executable, "-m", "dvc", "repro"], cwd=project)
+
+    with np.load(project / "samples/samples.npz") as z:
+        assert z["images"].shape[0] == 24 and z["labels"].tolist() == [i % 10 for i in range(24)]
+    conditional = json.loads((project / "reports/metrics/evaluate.json").read_text())["conditional"]
+    assert conditional["n_samples"] == 24 and 0 <= conditional["accuracy"] <= 1
+    assert sorted(conditional["per_class"]) == [str(c) for c in range(10)]
+    assert all(0 <= v["real"] <= 1 for v in conditional["per_class"].values())
+    guided = json.loads((project / "reports/metrics/sweep.json").read_text())["guidance"]
+    assert list(guided) == ["w_0", "w_2"]  # sorted by w
+    for w, row in zip((0.0, 2.0), guided.values()):
+        assert row["guidance"] == w and row["n_samples"] == 12 and 0 <= row["accuracy"] <= 1
+        assert row["fid"] > 0 and row["space"] == "domain"
+    table = (project / "reports/plots/guidance_sweep.csv").read_text().splitlines()
+    assert table[0] == "guidance,fid,fid_floor,accuracy,space,n_samples,n_floor" and len(table) == 3
+    report = (project / "reports/report.md").read_text()
+    assert "## Class-conditional samples" in report
+    assert f"Conditional accuracy: {conditional['accuracy']:.4g} of 24 samples (guidance w = 1)" in report
+    for row in guided.values():
+        assert (f"| {row['guidance']:g} | {row['fid']:.4g} | {row['fid_floor']:.4g} | domain | "
+                f"{row['accuracy']:.4g} |") in report
+    plots = json.loads(run([sys.executable, "-m", "dvc", "plots", "show", "--json"], cwd=project).stdout)["data"]
+    for name in ("reports/plots/guidance_sweep.csv", "conditional_accuracy"):  # FID, then accuracy, against w
+        [plot] = plots[name]
+        assert [float(r["guidance"]) for r in plot["content"]["data"]["values"]] == [0.0, 2.0]

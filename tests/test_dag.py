@@ -9,12 +9,11 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, declared_stages
 
 PACKAGES = {"ddpm": ROOT / "src" / "ddpm", "pipeline": ROOT / "pipeline"}  # the project's code; the rest is installed
-STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+STAGES = declared_stages(ROOT)
 
 
 def module_file(name: str) -> Path | None:

@@ -31,7 +31,7 @@ from pipeline.flow_artifacts import mlflow_run_url
 from pipeline.flows import retrain
 from pipeline.overrides import check_overrides, set_params
 from pipeline.workspace_lock import workspace_lock
-from tests.helpers import ROOT, copy_project, env, run, use_profile
+from tests.helpers import ROOT, copy_project, declared_stages, env, run, use_profile
 from tests.mlflow_server import Server
 
 slow = pytest.mark.slow
@@ -240,7 +240,7 @@ def declared_outputs(stage: dict) -> list[str]:
 
 
 def test_stages_and_their_order_come_from_dvc(plain_copy):
-    declared = yaml.safe_load((plain_copy / "dvc.yaml").read_text())["stages"]
+    declared = declared_stages(plain_copy)
     stages = dvc_stages(plain_copy)
     names = [s.name for s in stages]
     assert sorted(names) == sorted(declared)

@@ -3,7 +3,6 @@
 import csv
 import hashlib
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from ddpm.errors import ConfigError, TrackingUnavailable
 from ddpm.mlflow_client import Tracker, flatten, redact
 from ddpm.param_groups import PORTABLE_CPU_ENV
 from pipeline.stage import EXIT_TEMPORARY
-from tests.helpers import copy_project, run, use_profile
+from tests.helpers import copy_project, ran, run, use_profile
 from tests.mlflow_server import Server, free_port, mlflow_env, stop, wait_http
 
 MODEL = "ddpm-generator"
@@ -156,10 +155,6 @@ def first_repro(server, project) -> str:
 def project_copy(project: Path, dest: Path) -> Path:
     """The project with its outputs, DVC cache and git history, for a test that changes it."""
     return Path(shutil.copytree(project, dest, symlinks=True, ignore=shutil.ignore_patterns("mlflow.db", "mlruns")))
-
-
-def ran(output: str) -> list[str]:
-    return re.findall(r"Running stage '([\w-]+)'", output)
 
 
 def sha256(path: Path) -> str:

@@ -4,7 +4,6 @@ Every test starts from one `dvc repro` of the whole DAG (fixture first_repro); a
 project works in its own copy, so each passes alone and in any order."""
 
 import json
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -12,15 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import copy_project, run, use_profile
+from tests.helpers import copy_project, ran, run, use_profile
 
 STAGES = ["prepare", "classifier", "reference", "train", "register", "sample", "evaluate", "sweep", "promote", "report"]
 REGISTRY = ["register"]  # always_changed: it asks the MLflow registry on every run
 pytestmark = pytest.mark.slow
-
-
-def ran(output: str) -> list[str]:
-    return re.findall(r"Running stage '([\w-]+)'", output)
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +59,11 @@ def test_repro_runs_every_stage_and_writes_the_report(first_repro, project):
     assert sweep[0].startswith("sampler,steps,space,fid")
     assert [tuple(r.split(",")[:2]) for r in sweep[1:]] == [("ddim", "2"), ("ddim", "4"), ("dpmpp_2m", "2"),
                                                             ("dpmpp_2m", "4"), ("ddpm", "50")]
+    # an unconditional model: no guidance sweep, and its DVC plot holds the header only
+    assert (project / "reports/plots/guidance_sweep.csv").read_text().splitlines() == [
+        "guidance,fid,fid_floor,accuracy,space,n_samples,n_floor"]
+    assert "guidance" not in json.loads((project / "reports/metrics/sweep.json").read_text())
+    assert "## Class-conditional samples" not in report
     meta = json.loads((project / "data/prepared/meta.json").read_text())
     counts = meta["counts"]  # limit 200, test_fraction 0.2, rounded per class (stratified)
     assert counts["train"] + counts["test"] == 200 and 35 <= counts["test"] <= 45

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import copy_project, env, run, use_profile
+from tests.helpers import copy_project, declared_stages, env, locked_stages, ran, run, use_profile
 from tests.mlflow_server import Server, free_port, mlflow_env, stop, wait_http
 from tests.test_flows import FASTAPI_COMPAT, fastapi_rejects_min_items
-from tests.test_mlflow import MODEL, ran, sha256, tracked
+from tests.test_mlflow import MODEL, sha256, tracked
 
 pytestmark = pytest.mark.slow
 
@@ -230,8 +230,7 @@ def mlflow_server(tmp_path):
 
 def outputs(project: Path) -> dict[str, str]:
     """SHA-256 of every file of every output dvc.lock records (what `dvc push` shares)."""
-    declared = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
-    locked = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    declared, locked = declared_stages(project), locked_stages(project)
     paths = [project / out["path"] for name in declared for out in locked[name].get("outs", [])]
     files = [f for p in paths for f in (sorted(p.rglob("*")) if p.is_dir() else [p]) if f.is_file()]
     return {str(f.relative_to(project)): sha256(f) for f in files}
@@ -256,7 +255,7 @@ def test_a_clone_pulls_what_a_teammate_pushed_and_reproduces_nothing(mlflow_serv
     dvc(clone, "pull")
     assert outputs(clone) == trained
     status = json.loads(dvc(clone, "status", "--json").stdout)
-    assert status == {"register": ["always changed"]}, status
+    assert status == {"registry/dvc.yaml:register": ["always changed"]}, status
     again = dvc(clone, "repro", uri=uri)
     said = again.stdout + again.stderr
     assert ran(again.stdout) == ["register"]  # always_changed: it asks the shared registry, which has the version
@@ -368,4 +367,4 @@ def test_a_process_worker_runs_the_retrain_deployment(prefect_server, process_wo
                 "reports/report.html"):
         assert (project / out).is_file(), out
     status = json.loads(run([sys.executable, "-m", "dvc", "status", "--json"], cwd=project).stdout)
-    assert status == {"register": ["always changed"]}, status  # every stage ran through DVC, which recorded it
+    assert status == {"registry/dvc.yaml:register": ["always changed"]}, status  # every stage ran through DVC, which recorded it

@@ -91,7 +91,7 @@ def test_sigterm_stops_at_a_step_boundary_with_a_snapshot_and_the_run_resumes(tm
 def test_quality_probe_leaves_training_unchanged_and_keep_best_serves_the_best(tmp_path, images):
     cfg = dataclasses.replace(CFG, train=dataclasses.replace(CFG.train, eval_every=2))
     scores = iter([3.0, 1.0, 2.0, 4.0])  # step 2, 4, 6, 8: the best is step 4
-    probe = lambda model, diffusion, device: {"fid": next(scores), "confident": 0.5}  
+    probe = lambda model, diffusion, device: {"fid": next(scores), "confident": 0.5}
     plain = train(cfg, images, progress=False)
     probed = train(cfg, images, probe=probe, progress=False)
     assert [e["step"] for e in probed.evals] == [2, 4, 6, 8] and plain.history == probed.history

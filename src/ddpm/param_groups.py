@@ -217,7 +217,8 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """FID against the sampler: each of `samplers` at each of `steps`, and DDPM with all T steps."""
+    """FID against the sampler: each of `samplers` at each of `steps`, and DDPM with all T steps; for a
+    class-conditional model also FID and conditional accuracy against the guidance weight."""
 
     samplers: tuple[Literal["ddim", "dpmpp_2m"], ...] = ("ddim", "dpmpp_2m")
     steps: tuple[int, ...] = (10, 20, 50)
@@ -226,6 +227,8 @@ class SweepConfig:
     space: FeatureSpaceName = "domain"
     batch_size: int = 250
     seed: int = 2
+    # class-conditional models only: w of classifier-free guidance, with the sample stage's sampler and steps
+    guidance: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
 
     def validate(self) -> None:
         check(all(s >= 1 for s in self.steps), "sweep.steps", list(self.steps), "a list of step counts >= 1")
@@ -233,6 +236,8 @@ class SweepConfig:
                (list(self.samplers), list(self.steps)), "at least one sampler and step count when sweep.ddpm is false")
         check(self.num_samples >= 2, "sweep.num_samples", self.num_samples, ">= 2 (a covariance needs two)")
         check(self.batch_size >= 1, "sweep.batch_size", self.batch_size, ">= 1")
+        check(all(w >= 0 for w in self.guidance), "sweep.guidance", list(self.guidance),
+              "a list of guidance weights >= 0 (0 = plain conditional)")
 
 
 # runtime.cpu_isa = avx2: set before torch loads (pipeline/__init__.py); ddpm.runtime says why

@@ -34,7 +34,7 @@ def save_grid(path: str | Path, images: np.ndarray, nrow: int | None = None) -> 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
-    return str(v)
+    return "—" if v is None else str(v)
 
 
 def current_champion(registry: dict) -> dict | None:
@@ -79,6 +79,31 @@ def _sweep_rows(sweep: dict, speed: dict) -> list[str]:
     """One row per sampler setting; samples/s from the sweep stage's timing (wall clock is not a metric)."""
     return [f"| {r['sampler']} | {r['steps']} | {r['fid']:.4g} | {r['fid_floor']:.4g} | {r['space']} | "
             f"{r['n_samples']} | {_fmt(speed.get(f'{key}_samples_per_s', '—'))} |" for key, r in sweep.items()]
+
+
+def _conditional_lines(conditional: dict, guided: dict, sample: dict) -> list[str]:
+    """A class-conditional model: evaluate's conditional accuracy per class, and the sweep against w."""
+    lines = ["## Class-conditional samples", ""]
+    if conditional:
+        lines += [
+            f"Conditional accuracy: {_fmt(conditional['accuracy'])} of {conditional['n_samples']} samples "
+            f"(guidance w = {sample['guidance']:g}) are classified by the domain classifier as the class they were "
+            f"drawn for, against {_fmt(conditional.get('accuracy_real'))} of {conditional.get('n_real')} real digits "
+            "it never saw (its own errors count against the samples too).", "",
+            "| class | samples classified as their class | real digits |", "|---|---|---|",
+            *[f"| {name} | {_fmt(v['samples'])} | {_fmt(v.get('real'))} |"
+              for name, v in conditional["per_class"].items()], "",
+        ]
+    if guided:
+        rows = list(guided.values())
+        lines += [
+            f"Classifier-free guidance against w (the sweep stage: {rows[0]['n_samples']} samples each, the sample "
+            f"stage's sampler and steps): higher w trades diversity (FID) for fidelity to the class (accuracy).", "",
+            "| guidance w | FID | data floor | feature space | conditional accuracy |", "|---|---|---|---|---|",
+            *[f"| {r['guidance']:g} | {r['fid']:.4g} | {r['fid_floor']:.4g} | {r['space']} | {_fmt(r['accuracy'])} |"
+              for r in rows], "",
+        ]
+    return lines
 
 
 def _registry_lines(registry: dict) -> list[str]:
@@ -202,6 +227,9 @@ def render_markdown(*, params: dict, data_meta: dict, metrics: dict[str, dict], 
             "| sampler | steps | FID | data floor | feature space | N | samples/s |", "|---|---|---|---|---|---|---|",
             *_sweep_rows(sweep, speed), "", ddpm, "",
         ]
+    if evaluation.get("conditional") or metrics.get("sweep", {}).get("guidance"):
+        lines += _conditional_lines(evaluation.get("conditional", {}), metrics.get("sweep", {}).get("guidance", {}),
+                                    sp)
     if registry:
         lines += _registry_lines(registry)
     lines += _provenance_lines(git=git, data_meta=data_meta, registered=registered, registry=registry, train=train,
