@@ -8,7 +8,8 @@ import numpy as np
 from ddpm.config import Config
 from ddpm.data import floor_indices, load_split
 from ddpm.errors import DataError
-from ddpm.evaluation import check_samples, conditional_accuracy, coverage, evaluate_space
+from ddpm.evaluation import (PER_CLASS_FID_MIN_N, check_samples, conditional_accuracy, coverage, evaluate_space,
+                             fid_per_class)
 from ddpm.feature_spaces import extract
 from ddpm.io import write_json
 from ddpm.runtime import resolve_device
@@ -46,6 +47,11 @@ def evaluate(cfg: Config) -> dict:
                 metrics["conditional"] = conditional_accuracy(
                     feats["logits"], sample_labels, test.class_names, real_logits=ref.floor["logits"],
                     real_labels=train.labels[floor_indices(len(train), len(test), cfg.seed)])
+                per_class_fid = fid_per_class(feats[space.primary], sample_labels, ref.test[space.primary],
+                                              test.labels, test.class_names)
+                for class_name, fid in per_class_fid.items():
+                    metrics["conditional"]["per_class"][class_name]["fid"] = fid
+                metrics["conditional"]["fid_min_n"] = PER_CLASS_FID_MIN_N
         m = metrics[name]
         log.info("%s: FID %.3f (floor %.3f), KID %.4f, precision %.3f, recall %.3f at N=%d in %.1f s", name,
                  m["fid"], m["floor"]["fid"], m["kid_mean"], m["precision"], m["recall"], m["n_samples"],

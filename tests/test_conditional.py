@@ -269,6 +269,26 @@ def test_conditional_accuracy_by_hand():
         conditional_accuracy(logits, np.array([0, 0, 1, 1, 2, 3]), names)
 
 
+def test_fid_per_class_compares_each_class_with_its_own_held_out_images():
+    from ddpm.evaluation import fid_per_class
+    from ddpm.metrics import frechet_distance, gaussian_stats
+
+    rng = np.random.default_rng(0)
+    labels, test_labels = np.repeat([0, 1, 2], [60, 60, 10]), np.repeat([0, 1, 2], [70, 55, 70])
+    feats = rng.normal(size=(len(labels), 4)) + labels[:, None]  # class c around c
+    test = rng.normal(size=(len(test_labels), 4)) + test_labels[:, None]
+    fids = fid_per_class(feats, labels, test, test_labels, ["a", "b", "c"], min_n=50)
+    for c, name in enumerate("ab"):
+        expected = frechet_distance(gaussian_stats(feats[labels == c]), gaussian_stats(test[test_labels == c]))
+        assert fids[name] == pytest.approx(expected, rel=1e-12) and fids[name] < 1  # same class: close
+    assert fids["c"] is None  # 10 samples: too few
+    swapped = fid_per_class(feats, 1 - np.clip(labels, 0, 1), test, test_labels, ["a", "b", "c"], min_n=50)
+    assert swapped["a"] > 3 and swapped["b"] > 3  # the samples of the other class: one unit apart in 4 dimensions
+    from ddpm.errors import DataError
+    with pytest.raises(DataError, match="re-run the reference and sample stages"):
+        fid_per_class(feats, labels, test[:-1], test_labels, ["a", "b", "c"])
+
+
 def test_the_mnist_cond_profile_is_the_default_with_ten_classes():
     import yaml
 
@@ -308,6 +328,7 @@ def test_a_tiny_conditional_dag_end_to_end(tmp_path):
     assert conditional["n_samples"] == 24 and 0 <= conditional["accuracy"] <= 1
     assert sorted(conditional["per_class"]) == [str(c) for c in range(10)]
     assert all(0 <= v["real"] <= 1 for v in conditional["per_class"].values())
+    assert conditional["fid_min_n"] == 50 and all(v["fid"] is None for v in conditional["per_class"].values())
     guided = json.loads((project / "reports/metrics/sweep.json").read_text())["guidance"]
     assert list(guided) == ["w_0", "w_2"]  # sorted by w
     for w, row in zip((0.0, 2.0), guided.values()):

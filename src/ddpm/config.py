@@ -84,8 +84,9 @@ class Config:
             raise ConfigError(f"sample.guidance = {self.sample.guidance} extrapolates away from the unconditional "
                               "model, which train.cond_drop = 0 never trains: set train.cond_drop: 0.1")
         if self.model.num_classes and any(self.sweep.guidance) and not self.train.cond_drop:
-            raise ConfigError(f"sweep.guidance = {list(self.sweep.guidance)} guides with the unconditional model, which "
-                              "train.cond_drop = 0 never trains: set train.cond_drop: 0.1, or sweep.guidance: [0]")
+            raise ConfigError(f"sweep.guidance = {list(self.sweep.guidance)} guides with the unconditional model, "
+                              "which train.cond_drop = 0 never trains: set train.cond_drop: 0.1, "
+                              "or sweep.guidance: [0]")
 
         n, ev = self.sample.num_samples, self.evaluate
         if n < ev.kid_subset_size or n <= ev.pr_k:

@@ -141,6 +141,25 @@ class TrainingProbe:
                 "confident": confident_share(scored.probs, self.confidence)}
 
 
+PER_CLASS_FID_MIN_N = 50  # fewer samples of a class: its Fréchet distance is mostly small-sample bias
+
+
+def fid_per_class(features: np.ndarray, labels: np.ndarray, test_features: np.ndarray, test_labels: np.ndarray,
+                  class_names: list[str], min_n: int = PER_CLASS_FID_MIN_N) -> dict[str, float | None]:
+    """FID of the samples drawn for class c against the held-out images of class c, per class; None for a
+    class with fewer than `min_n` samples or held-out images."""
+    labels, test_labels = np.asarray(labels), np.asarray(test_labels)
+    if len(labels) != len(features) or len(test_labels) != len(test_features):
+        raise DataError(f"{len(features)} sample and {len(test_features)} held-out features do not match their "
+                        f"{len(labels)} and {len(test_labels)} labels: re-run the reference and sample stages")
+    out: dict[str, float | None] = {}
+    for c, name in enumerate(class_names):
+        mine, real = features[labels == c], test_features[test_labels == c]
+        enough = min(len(mine), len(real)) >= min_n
+        out[name] = frechet_distance(gaussian_stats(mine), gaussian_stats(real)) if enough else None
+    return out
+
+
 def conditional_accuracy(logits: np.ndarray, labels: np.ndarray, class_names: list[str],
                          real_logits: np.ndarray | None = None, real_labels: np.ndarray | None = None) -> dict:
     """A class-conditional model's samples: the share of samples of class c that the domain classifier

@@ -90,9 +90,12 @@ def _conditional_lines(conditional: dict, guided: dict, sample: dict) -> list[st
             f"(guidance w = {sample['guidance']:g}) are classified by the domain classifier as the class they were "
             f"drawn for, against {_fmt(conditional.get('accuracy_real'))} of {conditional.get('n_real')} real digits "
             "it never saw (its own errors count against the samples too).", "",
-            "| class | samples classified as their class | real digits |", "|---|---|---|",
-            *[f"| {name} | {_fmt(v['samples'])} | {_fmt(v.get('real'))} |"
+            "| class | samples classified as their class | real digits | FID against the held-out digits of the "
+            "class |", "|---|---|---|---|",
+            *[f"| {name} | {_fmt(v['samples'])} | {_fmt(v.get('real'))} | {_fmt(v.get('fid'))} |"
               for name, v in conditional["per_class"].items()], "",
+            f"Per-class FID is in the domain space, and left out (—) for a class with fewer than "
+            f"{conditional.get('fid_min_n')} samples or held-out images.", "",
         ]
     if guided:
         rows = list(guided.values())
