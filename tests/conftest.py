@@ -31,11 +31,7 @@ def tracked_dag(tmp_path_factory):
     what tests/test_report.py and tests/test_browser.py check."""
     from tests.test_flows import make_project
 
-    server = Server(tmp_path_factory.mktemp("mlflow-report"))
-    server.start()
-    try:
+    with Server(tmp_path_factory.mktemp("mlflow-report")) as server:
         dag = TrackedDag(make_project(tmp_path_factory.mktemp("reported") / "p"), server)
         dag.run([sys.executable, "-m", "dvc", "repro"])
         yield dag
-    finally:
-        server.stop()

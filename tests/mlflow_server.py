@@ -53,18 +53,32 @@ def mlflow_env() -> dict:
 class Server:
     """`mlflow server` with a SQLite backend and proxied artifacts in a folder, on a free port."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, backend_store_uri: str | None = None):
         self.root, self.port, self.proc = root, free_port(), None
         self.uri = f"http://127.0.0.1:{self.port}"
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{root / 'mlflow.db'}"
+
+    def __enter__(self) -> "Server":
+        """Started; stopped when the block ends, or at once when it does not come up."""
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
     def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
         cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+               "--workers", "1", "--backend-store-uri", self.backend_store_uri,
                "--artifacts-destination", str(self.root / "artifacts")]
         log = self.root / "server.log"
         self.proc = subprocess.Popen(cmd, cwd=self.root, env=mlflow_env(), stdout=open(log, "ab"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        wait_http(f"{self.uri}/health", self.proc, log)
+        wait_http(f"{self.uri}/health", self.proc, log)  # mlflow server migrates the schema before it answers
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -97,12 +97,9 @@ def local_tracking():
 @pytest.fixture(scope="module")
 def mlflow_server(local_tracking, tmp_path_factory):
     """A real MLflow server that the stages of this module's flow runs track into (MLFLOW_TRACKING_URI)."""
-    server = Server(tmp_path_factory.mktemp("mlflow"))
-    server.start()
-    with pytest.MonkeyPatch.context() as mp:
+    with Server(tmp_path_factory.mktemp("mlflow")) as server, pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", server.uri)
         yield server
-    server.stop()
 
 
 def make_project(dest):
@@ -332,7 +329,8 @@ def test_exit_codes_decide_what_is_retried():
     assert str(failure(-9, "Killed")).startswith("stage train failed (killed by SIGKILL, exit code -9)")
     assert str(failure(137, "Killed")).startswith("stage train failed (killed by SIGKILL, exit code 137)")
     assert str(failure(1, "Traceback")).startswith("stage train failed (exit code 1)")
-    for transient in (failure(-9, "Killed"), failure(137, "Killed"), failure(75, "error: register: cannot reach the MLflow tracking server"),
+    unreachable = failure(75, "error: register: cannot reach the MLflow tracking server")
+    for transient in (failure(-9, "Killed"), failure(137, "Killed"), unreachable,
                       stage_error("train", 255, ["ERROR: Unable to acquire lock"])):
         assert isinstance(transient, StageFailed), transient
     retried = {type(e).__name__: _retry_unless_deterministic(None, None, Failed(data=e))

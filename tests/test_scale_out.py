@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tests.helpers import copy_project, declared_stages, env, locked_stages, ran, run, use_profile
-from tests.mlflow_server import Server, free_port, mlflow_env, stop, wait_http
+from tests.mlflow_server import Server, free_port, stop, wait_http
 from tests.test_flows import FASTAPI_COMPAT, fastapi_rejects_min_items
 from tests.test_mlflow import MODEL, sha256, tracked
 
@@ -138,23 +138,6 @@ class Postgres:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-class PostgresBackedServer(Server):
-    """tests.mlflow_server.Server with its runs and registry in PostgreSQL (artifacts still in a folder, proxied)."""
-
-    def __init__(self, root: Path, backend_store_uri: str):
-        super().__init__(root)
-        self.backend_store_uri = backend_store_uri
-
-    def start(self) -> None:
-        cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", "1", "--backend-store-uri", self.backend_store_uri,
-               "--artifacts-destination", str(self.root / "artifacts")]
-        log = self.root / "server.log"
-        self.proc = subprocess.Popen(cmd, cwd=self.root, env=mlflow_env(), stdout=open(log, "ab"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        wait_http(f"{self.uri}/health", self.proc, log)  # mlflow server migrates the schema before it answers
-
-
 @pytest.fixture()
 def postgres():
     bin_dir = postgres_bin()
@@ -171,13 +154,9 @@ def postgres():
 
 @pytest.fixture()
 def postgres_mlflow(postgres, tmp_path):
-    server = PostgresBackedServer(tmp_path / "mlflow", postgres.create_database("mlflow"))
-    server.root.mkdir()
-    try:
-        server.start()
+    # runs and registry in PostgreSQL, artifacts still in a folder (proxied)
+    with Server(tmp_path / "mlflow", backend_store_uri=postgres.create_database("mlflow")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_mlflow_server_on_postgresql_holds_runs_and_registry(postgres, postgres_mlflow, tmp_path):
@@ -219,13 +198,8 @@ def test_mlflow_server_on_postgresql_holds_runs_and_registry(postgres, postgres_
 @pytest.fixture()
 def mlflow_server(tmp_path):
     """The team's tracking server, which both checkouts track into."""
-    server = Server(tmp_path / "mlflow")
-    server.root.mkdir()
-    try:
-        server.start()
+    with Server(tmp_path / "mlflow") as server:
         yield server
-    finally:
-        server.stop()
 
 
 def outputs(project: Path) -> dict[str, str]:
@@ -367,4 +341,5 @@ def test_a_process_worker_runs_the_retrain_deployment(prefect_server, process_wo
                 "reports/report.html"):
         assert (project / out).is_file(), out
     status = json.loads(run([sys.executable, "-m", "dvc", "status", "--json"], cwd=project).stdout)
-    assert status == {"registry/dvc.yaml:register": ["always changed"]}, status  # every stage ran through DVC, which recorded it
+    # every stage ran through DVC, which recorded it
+    assert status == {"registry/dvc.yaml:register": ["always changed"]}, status
