@@ -12,7 +12,6 @@ leaves it, the stage ends there, in a fraction of a second and without rewriting
 import json
 import shutil
 import tempfile
-from importlib.metadata import version as installed
 from pathlib import Path
 
 import ddpm
@@ -62,7 +61,9 @@ def register(cfg: Config) -> None:
         tracker = run_.tracker
         found = tracker.find_version(name, run_.checkpoint_sha256)
         if found is None:
-            from ddpm.checkpoints import load_checkpoint  # torch: only when there is something to register
+            from importlib.metadata import version as installed  # like torch: only when registering
+
+            from ddpm.checkpoints import load_checkpoint
 
             trained = config_from_dict(load_checkpoint(paths.CHECKPOINT)["config"]).data
             with tempfile.TemporaryDirectory() as tmp:  # the library without caches, bundled with the model

@@ -17,9 +17,10 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -91,6 +92,8 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]], fieldnames: list[str
 
 
 def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
+    import numpy as np  # here, not at the top: `register`, which runs on every `dvc repro`, starts without it
+
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
