@@ -296,7 +296,8 @@ def test_the_mnist_cond_profile_is_the_default_with_ten_classes():
 
     cfg = config_from_dict(yaml.safe_load(render("mnist-cond")))
     assert cfg.model.num_classes == 10 and cfg.sample.guidance > 0
-    assert cfg.data == Config().data and cfg.train.steps == Config().train.steps  # the default's digits and budget
+    assert cfg.data == Config().data and cfg.model.base_channels == Config().model.base_channels  # the default's digits
+    assert cfg.train.steps < Config().train.steps  # guided sampling's second network call is paid for in training
 
 
 # ---------------------------------------------------------------------------- the DAG, conditional
