@@ -16,6 +16,10 @@ samples, domain FID against the held-out split and the share the domain classifi
   clipping at 1; sampled with its DDIM, 50 steps.
 Flips are off for all three (digits are not mirror-symmetric; lucidrains' Trainer flips by default).
 Each peer trains once for the longest budget and is scored at every budget from a snapshot.
+Every contender trains first, back to back (the timed part: run it on a machine nothing else uses);
+then all are sampled and scored.
+All three run on the default DAG's kernels (runtime.cpu_isa: avx2, hence fp32, as `make repro` trains);
+--native gives every contender this CPU's own kernels (and ours bf16 where it is native).
 
 Prints one table and, for each contender, the wall clock it needs to reach our default's final
 domain FID (interpolated between budgets; ">" when it never does) and its ratio to ours.
@@ -31,21 +35,29 @@ import copy
 import dataclasses
 import json
 import math
+import os
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+from ddpm.param_groups import PORTABLE_CPU_ENV
 
-from benchmarks.recipe_search import score
-from benchmarks.train_throughput import matched
-from ddpm.config import Config
-from ddpm.data import load_split, to_model_input, to_uint8_images
-from ddpm.diffusion import GaussianDiffusion
-from ddpm.sampling import generate
-from ddpm.train import train
-from ddpm.unet import UNet, count_parameters
+if "--native" not in sys.argv:  # before torch loads: it reads the variables once
+    os.environ.update(PORTABLE_CPU_ENV)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from benchmarks.recipe_search import score  # noqa: E402
+from benchmarks.train_throughput import matched  # noqa: E402
+from ddpm.config import Config  # noqa: E402
+from ddpm.data import load_split, to_model_input, to_uint8_images  # noqa: E402
+from ddpm.diffusion import GaussianDiffusion  # noqa: E402
+from ddpm.sampling import generate  # noqa: E402
+from ddpm.train import train  # noqa: E402
+from ddpm.unet import UNet, count_parameters  # noqa: E402
 
 
 # ---------------------------------------------------------------------------- peers
@@ -174,11 +186,10 @@ def train_peer(peer, images: np.ndarray, budgets_s: list[float], seed: int) -> d
 
 
 # ---------------------------------------------------------------------------- ours
-def ours_at(cfg: Config, images: np.ndarray, steps: int) -> tuple[np.ndarray, dict]:
+def ours_at(cfg: Config, images: np.ndarray, steps: int) -> tuple[torch.nn.Module, dict]:
     run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
     result = train(run_cfg, images, progress=False)
-    samples = generate(result.ema, GaussianDiffusion.from_config(cfg.diffusion), cfg.sample, progress=False)
-    return samples, {"steps": steps, "wall_s": result.stats["wall_s"]}
+    return result.ema, {"steps": steps, "wall_s": result.timing["train_s"]}
 
 
 def time_to_reach(points: list[tuple[float, float]], target: float) -> float | None:
@@ -197,10 +208,15 @@ def main() -> None:
     ap.add_argument("--peer-budgets", type=float, nargs="+", default=[0.25, 0.5, 1.0, 1.5, 2.0],
                     help="the peers' budgets as multiples of our default's wall clock")
     ap.add_argument("--inception", action="store_true", help="inception FID at each contender's largest budget")
+    ap.add_argument("--peers", nargs="*", choices=("diffusers", "lucidrains"), default=["diffusers", "lucidrains"])
+    ap.add_argument("--samples", type=int, default=Config().sample.num_samples,
+                    help="images scored per point (the default's sample.num_samples; fewer only for a smoke test)")
+    ap.add_argument("--native", action="store_true", help="this CPU's own kernels instead of the default's AVX2 pin")
     ap.add_argument("--out", type=Path, default=Path("reports/time_to_quality.json"))
     args = ap.parse_args()
 
     cfg = Config()  # the default profile
+    cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, num_samples=args.samples))
     images = load_split(args.workspace / "data/prepared/train.npz").images
     rows: list[dict] = []
 
@@ -213,24 +229,35 @@ def main() -> None:
               f"confident {row['domain']['confident']:.1%}" +
               (f"  inception FID {row['inception']['fid']:.2f}" if inception else ""), flush=True)
 
+    # every contender trains first (the timed part, back to back), then all are sampled and scored
+    jobs: list[tuple[str, dict, Callable[[], np.ndarray], bool]] = []
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     for fraction in sorted(args.fractions):
-        steps = max(1, round(cfg.train.steps * fraction))
-        samples, info = ours_at(cfg, images, steps)
-        scored("ours", samples, info, args.inception and fraction == max(args.fractions))
-    ours = [r for r in rows if r["contender"] == "ours"]
-    default_s, target = ours[-1]["wall_s"], ours[-1]["domain"]["fid"]
+        ema, info = ours_at(cfg, images, max(1, round(cfg.train.steps * fraction)))
+        print(f"  ours: {info['steps']} steps in {info['wall_s']:.0f} s", flush=True)
+        jobs.append(("ours", info, lambda ema=ema: generate(ema, diffusion, cfg.sample, progress=False),
+                     args.inception and fraction == max(args.fractions)))
+    default_s = jobs[-1][1]["wall_s"]
 
     n_ours = count_parameters(UNet(cfg.model, cfg.data.image_size, cfg.data.channels))
     for peer_cls, build in ((Diffusers, diffusers_unet), (Lucidrains, lucidrains_unet)):
+        if peer_cls.name not in args.peers:
+            continue
         width, _ = matched(lambda w: build(cfg, w), n_ours)
         peer = peer_cls(cfg, width, len(images))
         n_peer = count_parameters(peer.model)
         print(f"{peer.name}: width {width}, {n_peer / 1e6:.3f}M parameters (ours {n_ours / 1e6:.3f}M)", flush=True)
         budgets = [b * default_s for b in args.peer_budgets]
         for budget, snap in sorted(train_peer(peer, images, budgets, cfg.seed).items()):
-            samples = peer.sample(snap["state"], cfg.sample.num_samples, cfg.sample.seed, cfg)
-            scored(peer.name, samples, {"steps": snap["steps"], "wall_s": snap["wall_s"], "parameters": n_peer},
-                   args.inception and budget == max(budgets))
+            jobs.append((peer.name, {"steps": snap["steps"], "wall_s": snap["wall_s"], "parameters": n_peer},
+                         lambda peer=peer, snap=snap: peer.sample(snap["state"], cfg.sample.num_samples,
+                                                                  cfg.sample.seed, cfg),
+                         args.inception and budget == max(budgets)))
+
+    print("training done: sampling and scoring", flush=True)
+    for name, info, draw, inception in jobs:
+        scored(name, draw(), info, inception)
+    target = [r for r in rows if r["contender"] == "ours"][-1]["domain"]["fid"]
 
     print(f"\ntime to quality on {torch.get_num_threads()} threads, torch {torch.__version__}; target: our default's "
           f"final domain FID {target:.3f} (N = {cfg.sample.num_samples}, {default_s:.0f} s of training)")
@@ -240,7 +267,7 @@ def main() -> None:
         print(f"{r['contender']:<11} {r['steps']:>6} {r['wall_s']:>8.0f} {r['domain']['fid']:>11.3f} "
               f"{r['domain']['confident']:>10.1%} {inc:>14}")
     reach = {}
-    for name in ("ours", "diffusers", "lucidrains"):
+    for name in ("ours", *args.peers):
         points = [(r["wall_s"], r["domain"]["fid"]) for r in rows if r["contender"] == name]
         reach[name] = (time_to_reach(points, target), max(p[0] for p in points))
     ours_s = reach["ours"][0]
