@@ -16,10 +16,10 @@ def _pin_cpu_kernels() -> None:
     if "torch" in _sys.modules:
         return
     try:
-        import yaml
+        from ddpm.params import load_yaml
 
         with open("params.yaml") as f:
-            isa = ((yaml.safe_load(f) or {}).get("runtime") or {}).get("cpu_isa", "avx2")
+            isa = ((load_yaml(f.read()) or {}).get("runtime") or {}).get("cpu_isa", "avx2")
     except Exception:  # missing, unreadable or malformed: the stage's config loader says what is wrong
         isa = "avx2"
     if isa != "native":

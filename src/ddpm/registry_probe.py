@@ -10,16 +10,12 @@ then registers through MLflow, which repairs what is missing or names what is wr
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
 import re
 import sqlite3
-import ssl
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 
 CHECKPOINT_TAG = "checkpoint_sha256"  # on model versions: the SHA-256 of the checkpoint they hold
@@ -132,11 +128,15 @@ class _Api:
         user = os.environ.get("MLFLOW_TRACKING_USERNAME") or urllib.parse.unquote(parts.username or "")
         password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or urllib.parse.unquote(parts.password or "")
         if user or password:
+            import base64
+
             self.headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
             self.headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
         self.context = None
         if parts.scheme == "https":
+            import ssl  # here, like urllib.request below: the sqlite probe of every no-op `dvc repro` needs neither
+
             if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
                 self.context = ssl.create_default_context()  # unverified, as MLflow's client is when told to
                 self.context.check_hostname, self.context.verify_mode = False, ssl.CERT_NONE
@@ -144,13 +144,19 @@ class _Api:
                 self.context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"))
 
     def get(self, endpoint: str, **query: str) -> dict:
+        import urllib.request
+
         return self._call(urllib.request.Request(
             f"{self.base}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}", headers=self.headers))
 
     def post(self, endpoint: str, body: dict) -> dict:
+        import urllib.request
+
         return self._call(urllib.request.Request(f"{self.base}/api/2.0/mlflow/{endpoint}", method="POST",
                                                  data=json.dumps(body).encode(), headers=self.headers))
 
     def _call(self, request: urllib.request.Request) -> dict:
+        import urllib.request
+
         with urllib.request.urlopen(request, timeout=TIMEOUT_S, context=self.context) as response:
             return json.loads(response.read())
