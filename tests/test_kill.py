@@ -130,7 +130,9 @@ def test_sigterm_writes_a_snapshot_exits_within_seconds_and_the_run_resumes(proj
     proc.send_signal(signal.SIGTERM)
     t0 = time.monotonic()
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM and time.monotonic() - t0 < 10
+    # the stop comes at the next step boundary, here after step 4 and its quality probe (eval_every 4):
+    # 5.9 s measured on the 2-core machine, 10.6 s in a CI run with other work beside it; preemptions give 30 s
+    assert proc.returncode == 128 + signal.SIGTERM and time.monotonic() - t0 < 30
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "error: train: stopped by SIGTERM at step" in lines[0]
     assert "re-run to resume (dvc repro)" in lines[0]
