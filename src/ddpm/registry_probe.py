@@ -135,7 +135,7 @@ class _Api:
             self.headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
         self.context = None
         if parts.scheme == "https":
-            import ssl  # here, like urllib.request below: the sqlite probe of every no-op `dvc repro` needs neither
+            import ssl  # here, like urllib.request in _call: the sqlite probe of every no-op `dvc repro` needs neither
 
             if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
                 self.context = ssl.create_default_context()  # unverified, as MLflow's client is when told to
@@ -144,19 +144,15 @@ class _Api:
                 self.context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"))
 
     def get(self, endpoint: str, **query: str) -> dict:
-        import urllib.request
-
-        return self._call(urllib.request.Request(
-            f"{self.base}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}", headers=self.headers))
+        return self._call(f"{endpoint}?{urllib.parse.urlencode(query)}")
 
     def post(self, endpoint: str, body: dict) -> dict:
+        return self._call(endpoint, json.dumps(body).encode())
+
+    def _call(self, path: str, data: bytes | None = None) -> dict:
         import urllib.request
 
-        return self._call(urllib.request.Request(f"{self.base}/api/2.0/mlflow/{endpoint}", method="POST",
-                                                 data=json.dumps(body).encode(), headers=self.headers))
-
-    def _call(self, request: urllib.request.Request) -> dict:
-        import urllib.request
-
+        request = urllib.request.Request(f"{self.base}/api/2.0/mlflow/{path}", data=data, headers=self.headers,
+                                         method="POST" if data is not None else "GET")
         with urllib.request.urlopen(request, timeout=TIMEOUT_S, context=self.context) as response:
             return json.loads(response.read())
