@@ -40,7 +40,7 @@ def draw_trajectory(cfg: Config) -> None:
     On the CPU whatever trained the model: a few images take seconds, and the figure's bytes then do
     not depend on the machine's accelerator.
     """
-    model, trained = load_ema_model(paths.CHECKPOINT, "cpu")
+    model, trained = load_ema_model(paths.CHECKPOINT, "cpu", cfg.sample.autoguidance)
     diffusion = GaussianDiffusion.from_config(trained.diffusion)
     held_out = load_split(paths.TEST_SPLIT)
     real = held_out.images[one_per_class(held_out.labels, TRAJECTORY_IMAGES)]

@@ -15,7 +15,7 @@ from pipeline.stage import log, progress_enabled, run
 
 def sample(cfg: Config) -> dict:
     device = resolve_device(cfg.runtime.device)
-    model, trained = load_ema_model(paths.CHECKPOINT, device)
+    model, trained = load_ema_model(paths.CHECKPOINT, device, cfg.sample.autoguidance)
     diffusion = GaussianDiffusion.from_config(trained.diffusion)
     t0 = time.perf_counter()
     images = generate(model, diffusion, cfg.sample, device=device, progress=progress_enabled())

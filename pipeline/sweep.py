@@ -24,7 +24,7 @@ def sweep(cfg: Config) -> dict:
     space = feature_space(cfg, sw.space)
     ref = load_reference(cfg, sw.space)
     device = resolve_device(cfg.runtime.device)
-    model, trained = load_ema_model(paths.CHECKPOINT, device)
+    model, trained = load_ema_model(paths.CHECKPOINT, device, cfg.sample.autoguidance)
     diffusion = GaussianDiffusion.from_config(trained.diffusion)
 
     def draw(**settings):

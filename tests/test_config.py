@@ -44,6 +44,8 @@ def test_cifar10_profile_is_the_papers_35_7m_model():
     ({"sweep": {"steps": [10, 2000]}}, r"sweep\.steps = \[10, 2000\] is more than diffusion\.timesteps = 1000"),
     ({"train": {"keep_best": True, "eval_every": 0}}, r"train\.keep_best = True .* false when train\.eval_every is 0"),
     ({"train": {"ema_sigma_rel": 0.5}}, r"train\.ema_sigma_rel = 0\.5 is out of range: expected null .* or in \(0, 0\.28\)"),
+    ({"train": {"lognormal_noise": [-1.2]}}, r"train\.lognormal_noise = \(-1\.2,\) .* \[P_mean, P_std\]"),
+    ({"train": {"lognormal_noise": [-1.2, 0]}}, r"train\.lognormal_noise = \(-1\.2, 0\.0\) .* P_std > 0"),
     ({"runtime": {"device": "tpu"}}, r"runtime\.device = 'tpu' is out of range"),
     ({"runtime": {"cpu_isa": "avx512"}}, r"runtime\.cpu_isa = 'avx512' is not allowed: choose one of 'avx2', 'native'"),
     ({"sample": {"sampler": "euler"}}, r"sample\.sampler = 'euler' is not allowed: choose one of 'ddpm', 'ddim', 'dpmpp_2m'"),

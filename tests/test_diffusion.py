@@ -234,6 +234,50 @@ def test_min_snr_loss_is_min_snr_times_the_x0_error(prediction):
     assert d.training_loss(model, x0, t, noise).item() == pytest.approx(plain.item(), rel=1e-6)
 
 
+# ---------------------------------------------------------------------------- EDM's noise levels
+def test_lognormal_timestep_probs_are_edm_noise_levels_rounded_to_the_chain():
+    """Draws of ln sigma ~ N(P_mean, P_std^2), each rounded to the nearest ln sigma_t, land on t as often as
+    lognormal_timestep_probs says."""
+    d = GaussianDiffusion(cosine_betas(T))
+    p_mean, p_std = -1.2, 1.2
+    probs = d.lognormal_timestep_probs(p_mean, p_std)
+    assert probs.shape == (T,) and probs.sum().item() == pytest.approx(1.0, abs=1e-12)
+
+    log_sigma = 0.5 * np.log((1 - d.alphas_cumprod.numpy()) / d.alphas_cumprod.numpy())
+    draws = np.random.default_rng(0).normal(p_mean, p_std, 2_000_000)
+    above = np.clip(np.searchsorted(log_sigma, draws), 1, T - 1)
+    nearest = np.where(draws - log_sigma[above - 1] < log_sigma[above] - draws, above - 1, above)
+    empirical = np.bincount(nearest, minlength=T) / len(draws)
+    np.testing.assert_allclose(empirical, probs.numpy(), atol=3e-4)  # binomial sd <= 4.3e-5 per bin
+    # the median noise level is exp(P_mean): SNR = 1 / sigma^2 = exp(2.4) at the chain's median t
+    median_t = int(np.searchsorted(probs.cumsum(0).numpy(), 0.5))
+    assert math.exp(log_sigma[median_t - 1]) < math.exp(p_mean) < math.exp(log_sigma[median_t + 1])
+
+
+def test_edm_preconditioning_with_unit_sigma_data_is_v_prediction():
+    """Karras et al. 2022, Table 1: D(x; sigma) = c_skip x + c_out F(c_in x) and the loss lambda |D - x0|^2,
+    with x = x_t / sqrt(abar_t), sigma^2 = (1 - abar_t) / abar_t and sigma_data = 1, are the v-prediction
+    x0_hat (F = -v_hat) and the unweighted v loss: the claim in lognormal_timestep_probs' docstring."""
+    d = GaussianDiffusion(cosine_betas(T), prediction="v")
+    torch.manual_seed(0)
+    x0 = torch.rand(6, 1, 4, 4, dtype=torch.float64) * 2 - 1
+    noise, v_hat = torch.randn_like(x0), torch.randn_like(x0)
+    t = torch.tensor([0, 100, 300, 500, 700, 990])
+    x_t = d.q_sample(x0, t, noise)
+    abar = d.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+    sigma, sigma_data = ((1 - abar) / abar).sqrt(), 1.0
+    c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
+    c_out = sigma * sigma_data / (sigma**2 + sigma_data**2).sqrt()
+    c_in = 1 / (sigma**2 + sigma_data**2).sqrt()
+    x = x_t / abar.sqrt()
+    torch.testing.assert_close(c_in * x, x_t)  # F sees the VP chain's x_t
+    edm_x0 = c_skip * x + c_out * -v_hat
+    torch.testing.assert_close(edm_x0, d.predict_x0_from_v(x_t, t, v_hat))
+    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+    edm_loss = (weight * (edm_x0 - x0).square()).mean()
+    assert d.training_loss(lambda *_: v_hat, x0, t, noise).item() == pytest.approx(edm_loss.item(), rel=1e-6)
+
+
 # ---------------------------------------------------------------------------- DPM-Solver++(2M)
 def test_dpmpp_2m_first_and_second_step_by_hand():
     """Lu et al. 2022, Algorithm 2: the first step is first order (= DDIM, eta = 0), the second adds

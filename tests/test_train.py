@@ -13,6 +13,7 @@ import torch
 from ddpm.checkpoints import SnapshotStore, load_checkpoint, load_ema_model, save_checkpoint
 from ddpm.config import Config
 from ddpm.data import load_splits
+from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import CheckpointError
 from ddpm.interrupts import TrainingInterrupted
 from ddpm.param_groups import DataConfig, DiffusionConfig, ModelConfig, TrainConfig
@@ -135,6 +136,30 @@ def test_loss_decreases(images):
     cfg = dataclasses.replace(CFG, train=dataclasses.replace(CFG.train, steps=60, log_every=20, lr=3e-3))
     history = train(cfg, images, progress=False).history
     assert history[-1]["loss"] < 0.6 * history[0]["loss"]
+
+
+def test_lognormal_noise_draws_the_training_timesteps_from_edms_distribution(monkeypatch, images):
+    drawn = {}
+    real_loss = GaussianDiffusion.training_loss
+
+    def recording_loss(self, model, x0, t, noise, **kwargs):
+        drawn.setdefault("t", []).append(t)
+        return real_loss(self, model, x0, t, noise, **kwargs)
+
+    monkeypatch.setattr(GaussianDiffusion, "training_loss", recording_loss)
+    timesteps = {}
+    for noise_levels in (None, (-1.2, 1.2)):
+        drawn.clear()
+        cfg = dataclasses.replace(CFG, train=dataclasses.replace(CFG.train, steps=40, lognormal_noise=noise_levels))
+        train(cfg, images, progress=False)
+        timesteps[noise_levels] = torch.cat(drawn["t"])
+    uniform, lognormal = timesteps[None], timesteps[(-1.2, 1.2)]
+    probs = GaussianDiffusion.from_config(CFG.diffusion).lognormal_timestep_probs(-1.2, 1.2)
+    for t, expected in ((uniform, torch.full((50,), 1 / 50, dtype=torch.float64)), (lognormal, probs)):
+        # 640 draws of a 50-way categorical: their mean within 4 standard errors of the distribution's
+        mean, var = (expected * torch.arange(50)).sum(), (expected * torch.arange(50) ** 2).sum()
+        assert abs(t.double().mean() - mean) < 4 * ((var - mean**2) / len(t)).sqrt()
+    assert lognormal.double().mean() < uniform.double().mean() - 5
 
 
 def test_divergence_fails_clearly_before_a_snapshot_is_written(tmp_path, images):

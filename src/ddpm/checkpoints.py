@@ -2,8 +2,9 @@
 
 A checkpoint is a plain dict of tensors and Python values (no pickled code: loaded with
 weights_only=True): the format number, the training parameters it was made with (`config`,
-Config.training_dict()), the step, the loss history, the raw and EMA weights, the optimizer, LR
-schedule and batch-order states and the RNG states, so that training resumes exactly.
+Config.training_dict()), the step, the loss history, the raw and EMA weights (and, with
+train.autoguide_at, the EMA weights of that step: `guide`), the optimizer, LR schedule and batch-order
+states and the RNG states, so that training resumes exactly.
 """
 
 from __future__ import annotations
@@ -43,14 +44,27 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def load_ema_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[UNet, Config]:
-    """The EMA generator and the configuration it was trained with."""
+def load_ema_model(path: str | Path, device: torch.device | str = "cpu",
+                   autoguidance: float = 0.0) -> tuple[UNet, Config]:
+    """The EMA generator and the configuration it was trained with; with autoguidance w > 0, the generator
+    guided by the run's earlier EMA weights that the checkpoint keeps (ddpm.guidance.AutoGuided)."""
     state = load_checkpoint(path)
     cfg = config_from_dict(state["config"])
+    model = _ema_unet(cfg, state["ema"], device)
+    if not autoguidance:
+        return model, cfg
+    if state.get("guide") is None:
+        raise CheckpointError(f"checkpoint {path} keeps no weights to autoguide with: set train.autoguide_at "
+                              "(e.g. 0.33) and retrain, or set sample.autoguidance: 0")
+    from ddpm.guidance import AutoGuided
+
+    return AutoGuided(model, _ema_unet(cfg, state["guide"], device), autoguidance).eval(), cfg
+
+
+def _ema_unet(cfg: Config, ema_state: dict[str, Any], device: torch.device | str) -> UNet:
     model = UNet(cfg.model, cfg.data.image_size, cfg.data.channels)
-    ema_state = {k.removeprefix("module."): v for k, v in state["ema"].items() if k != "n_averaged"}
-    model.load_state_dict(ema_state)
-    return model.to(device).eval(), cfg
+    model.load_state_dict({k.removeprefix("module."): v for k, v in ema_state.items() if k != "n_averaged"})
+    return model.to(device).eval()
 
 
 class SnapshotStore:

@@ -83,6 +83,10 @@ class Config:
         if self.sample.guidance and not self.train.cond_drop:
             raise ConfigError(f"sample.guidance = {self.sample.guidance} extrapolates away from the unconditional "
                               "model, which train.cond_drop = 0 never trains: set train.cond_drop: 0.1")
+        if self.sample.autoguidance and self.train.autoguide_at is None:
+            raise ConfigError(f"sample.autoguidance = {self.sample.autoguidance} guides with the earlier EMA weights "
+                              "that train.autoguide_at keeps, and it is null: set train.autoguide_at: 0.33, "
+                              "or sample.autoguidance: 0")
         if self.model.num_classes and any(self.sweep.guidance) and not self.train.cond_drop:
             raise ConfigError(f"sweep.guidance = {list(self.sweep.guidance)} guides with the unconditional model, "
                               "which train.cond_drop = 0 never trains: set train.cond_drop: 0.1, "

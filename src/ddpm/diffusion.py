@@ -153,6 +153,24 @@ class GaussianDiffusion:
         abar = self.alphas_cumprod.to(t.device)[t]
         return abar / (1.0 - abar)
 
+    def lognormal_timestep_probs(self, p_mean: float, p_std: float) -> torch.Tensor:
+        """P(t) for EDM's training noise levels on this chain: ln sigma ~ N(p_mean, p_std^2), rounded to the
+        nearest ln sigma_t (Karras et al. 2022, sec. 5), float64 of length T.
+
+        sigma_t = sqrt((1 - abar_t) / abar_t) is the noise level of x_t / sqrt(abar_t), the VP chain seen as
+        EDM's variance-exploding one. With sigma_data = 1, EDM's preconditioning is v-prediction: c_skip =
+        abar_t, c_out = sqrt(1 - abar_t) and c_in = sqrt(abar_t) turn D(x) = c_skip x + c_out F(c_in x) into
+        x0_hat = sqrt(abar_t) x_t - sqrt(1 - abar_t) v_hat with F = -v, and EDM's weight lambda = 1 / c_out^2
+        makes its loss the unweighted v loss. So on a v-prediction model the lognormal noise levels are the
+        one part of EDM's training that differs from t ~ U{0..T-1}.
+        """
+        abar = self.alphas_cumprod
+        log_sigma = 0.5 * torch.log((1.0 - abar) / abar)  # increasing in t
+        midpoints = (log_sigma[1:] + log_sigma[:-1]) / 2
+        inf = torch.tensor([math.inf], dtype=torch.float64)
+        cdf = torch.special.ndtr((torch.cat([-inf, midpoints, inf]) - p_mean) / p_std)
+        return cdf[1:] - cdf[:-1]
+
     def loss_weight(self, t: torch.Tensor, min_snr_gamma: float | None) -> torch.Tensor:
         """Per-timestep weight of the target-space MSE; 1 everywhere without min-SNR.
 
@@ -175,7 +193,7 @@ class GaussianDiffusion:
         self, model: Model, x0: torch.Tensor, t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
         *, min_snr_gamma: float | None = None,
     ) -> torch.Tensor:
-        """sum_t w(t) || target - model(x_t, t) ||^2 / numel, t ~ U{0..T-1}: L_simple when w = 1."""
+        """sum_t w(t) || target - model(x_t, t) ||^2 / numel, t ~ U{0..T-1} unless given: L_simple when w = 1."""
         if t is None:
             t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0) if noise is None else noise

@@ -96,10 +96,10 @@ class DDPMGenerator(PythonModel):
         from ddpm.runtime import resolve_device
 
         self.device = resolve_device(os.environ.get("DDPM_DEVICE", "auto"))
-        self.model, trained = load_ema_model(context.artifacts["checkpoint"], self.device)
-        self.diffusion = GaussianDiffusion.from_config(trained.diffusion)
         registered = (context.model_config or {}).get("sample")
         self.defaults = SampleConfig(**registered) if registered else SampleConfig()
+        self.model, trained = load_ema_model(context.artifacts["checkpoint"], self.device, self.defaults.autoguidance)
+        self.diffusion = GaussianDiffusion.from_config(trained.diffusion)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
         from ddpm.sampling import generate

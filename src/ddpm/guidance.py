@@ -1,4 +1,5 @@
-"""Classifier-free guidance (Ho & Salimans 2022) in the terms of ddpm.diffusion.
+"""Classifier-free guidance (Ho & Salimans 2022) and autoguidance (Karras et al. 2024) in the terms of
+ddpm.diffusion.
 
 Training drops each label to the null class with probability p (`drop_labels`), so that one
 network is both the conditional model f(x_t, t, y) and the unconditional one f(x_t, t, null).
@@ -9,13 +10,22 @@ prediction, that every sampler (DDPM, DDIM, DPM-Solver++) calls as it calls an u
 
 Whatever the network predicts (eps, v or x0), the two weights sum to 1 and, at a fixed x_t, eps,
 v and x0 are affine in one another: guiding any of them is guiding eps.
+
+Autoguidance guides a model with a weaker version of itself instead of with its unconditional
+half, so it serves unconditional models too: guided = (1 + w) D(x_t) - w D_guide(x_t), Karras et
+al.'s D_1 + w' (D_0 - D_1) with w' = 1 + w. Here the guide is the same run's EMA weights from an
+earlier step (train.autoguide_at): the weaker model errs where the stronger one does, only more,
+so extrapolating from it away pushes samples from where both are wrong toward the data.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from ddpm.diffusion import Model
+if TYPE_CHECKING:
+    from ddpm.diffusion import Model
 
 
 def drop_labels(labels: torch.Tensor, uniform: torch.Tensor, p: float, null_class: int) -> torch.Tensor:
@@ -48,3 +58,19 @@ def guided(model: torch.nn.Module, labels: torch.Tensor, guidance: float, null_c
         return guide(cond, uncond, guidance)
 
     return call
+
+
+class AutoGuided(torch.nn.Module):
+    """A generator guided by a weaker one of the same architecture: (1 + w) model - w guide.
+
+    It takes the U-Net's call, (x_t, t[, y]), and exposes the attributes the samplers read, so
+    everything that samples from a U-Net (classifier-free guidance included) samples from it.
+    """
+
+    def __init__(self, model: torch.nn.Module, guide_model: torch.nn.Module, weight: float):
+        super().__init__()
+        self.model, self.guide_model, self.weight = model, guide_model, weight
+        self.channels, self.image_size, self.num_classes = model.channels, model.image_size, model.num_classes
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return guide(self.model(x_t, t, y), self.guide_model(x_t, t, y), self.weight)

@@ -97,6 +97,12 @@ class TrainConfig:
     ema_sigma_rel: float | None = 0.1
     # min-SNR-gamma loss weighting (Hang et al. 2023); null = L_simple (uniform weights)
     min_snr_gamma: float | None = None
+    # EDM's training noise levels (Karras et al. 2022): ln sigma ~ N(P_mean, P_std^2) as [P_mean, P_std]
+    # (EDM: [-1.2, 1.2]); null = t uniform on 0..T-1 (Ho et al.)
+    lognormal_noise: tuple[float, float] | None = None
+    # autoguidance (Karras et al. 2024): the checkpoint also keeps the EMA weights at this share of the run,
+    # the weaker model that sample.autoguidance guides with; null = none
+    autoguide_at: float | None = 0.33
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the hardware has it natively
     compile: bool = False
     hflip: bool = False  # random horizontal flips (CIFAR-10 yes, digits no)
@@ -126,6 +132,10 @@ class TrainConfig:
                self.ema_sigma_rel, "null (constant ema_decay) or in (0, 0.28), e.g. 0.05-0.15")
         check(self.min_snr_gamma is None or self.min_snr_gamma > 0, "train.min_snr_gamma", self.min_snr_gamma,
                "null (uniform weights) or > 0 (5 in Hang et al.)")
+        check(self.lognormal_noise is None or (len(self.lognormal_noise) == 2 and self.lognormal_noise[1] > 0),
+              "train.lognormal_noise", self.lognormal_noise, "null (t uniform) or [P_mean, P_std] with P_std > 0")
+        check(self.autoguide_at is None or 0.0 < self.autoguide_at < 1.0, "train.autoguide_at", self.autoguide_at,
+              "null (no guide) or in (0, 1), e.g. 0.33")
         check(self.log_every >= 1, "train.log_every", self.log_every, ">= 1")
         check(self.checkpoint_every >= 1, "train.checkpoint_every", self.checkpoint_every, ">= 1")
         check(self.keep_snapshots >= 1, "train.keep_snapshots", self.keep_snapshots, ">= 1")
@@ -150,12 +160,15 @@ class SampleConfig:
     # conditional models: sample i gets label classes[i % len(classes)]; null = every class in turn
     classes: tuple[int, ...] | None = None
     guidance: float = 0.0  # classifier-free guidance weight w: (1 + w) cond - w uncond; 0 = plain conditional
+    # autoguidance weight w: (1 + w) EMA - w guide (the EMA at train.autoguide_at); 0 = the EMA alone
+    autoguidance: float = 2.0
 
     def validate(self) -> None:
         check(self.num_samples >= 1, "sample.num_samples", self.num_samples, ">= 1")
         check(self.classes is None or (len(self.classes) > 0 and min(self.classes) >= 0), "sample.classes",
                None if self.classes is None else list(self.classes), "null (every class) or a list of labels >= 0")
         check(self.guidance >= 0.0, "sample.guidance", self.guidance, ">= 0 (0 = no guidance)")
+        check(self.autoguidance >= 0.0, "sample.autoguidance", self.autoguidance, ">= 0 (0 = no autoguidance)")
         check(self.steps >= 1, "sample.steps", self.steps, ">= 1")
         check(0.0 <= self.eta <= 1.0, "sample.eta", self.eta, "in [0, 1]")
         check(self.batch_size >= 1, "sample.batch_size", self.batch_size, ">= 1")

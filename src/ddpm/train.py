@@ -158,6 +158,8 @@ def train(
         label_data = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     model = UNet(cfg.model, h, c).to(device)
+    t_probs = (None if tc.lognormal_noise is None
+               else diffusion.lognormal_timestep_probs(*tc.lognormal_noise).float().to(device))
     gamma = power_ema_gamma(tc.ema_sigma_rel) if tc.ema_sigma_rel is not None else None
 
     def ema_update(ema_params, params, _n_averaged) -> None:  # `step` is this update's number (1-based)
@@ -171,6 +173,9 @@ def train(
     # The loss is summed on the device and read once per log window: reading it every step
     # (.item(), or an isfinite check) would stall the host until the GPU caught up.
     step, history, evals, best = 0, [], [], None
+    # train.autoguide_at: the EMA weights at that step, kept as autoguidance's guide (ddpm.guidance)
+    guide_step = max(1, round(tc.autoguide_at * tc.steps)) if tc.autoguide_at is not None else None
+    guide = None
     window_loss, window_n = torch.zeros((), device=device), 0
 
     found = snapshots.latest(cfg.training_dict()) if snapshots is not None else None
@@ -186,6 +191,7 @@ def train(
         if device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         step, history, evals, best = state["step"], list(state["history"]), list(state["evals"]), state["best"]
+        guide = state.get("guide")
         window_loss.fill_(state["window"]["loss"])
         window_n = state["window"]["n"]
         log.info("resuming from %s at step %d", path, step)
@@ -207,6 +213,7 @@ def train(
             "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "flip": flip_gen.get_state(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+            **({"guide": guide} if guide_step is not None else {}),  # no key without a guide: the bytes of before
         }
 
     def save_snapshot() -> Path | None:
@@ -227,7 +234,10 @@ def train(
             if tc.hflip:
                 flip = (torch.rand(tc.batch_size, generator=flip_gen) < 0.5)[local]
                 x0 = torch.where(flip.to(device)[:, None, None, None], x0.flip(3), x0)
-            t = torch.randint(0, diffusion.num_timesteps, (tc.batch_size,), device=device)[local]
+            if t_probs is None:
+                t = torch.randint(0, diffusion.num_timesteps, (tc.batch_size,), device=device)[local]
+            else:
+                t = torch.multinomial(t_probs, tc.batch_size, replacement=True)[local]
             noise = torch.randn((tc.batch_size, *x0.shape[1:]), device=device)[local]
             net = forward
             if num_classes:  # drawn last and only here: an unconditional run draws what it drew before classes
@@ -242,6 +252,8 @@ def train(
             scheduler.step()
             step += 1
             ema.update_parameters(model)
+            if step == guide_step:
+                guide = copy.deepcopy(ema.state_dict())
             window_loss += loss.detach().float()
             window_n += 1
             log_now = step % tc.log_every == 0 or step == tc.steps
