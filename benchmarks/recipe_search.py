@@ -2,9 +2,10 @@
 
 Runs in a workspace where `dvc repro reference` has run (prepared data, the domain classifier, the
 reference features). Each run trains the default profile with the given overrides (no resume),
-samples `--samples` images with each `--sampler NAME:STEPS[:ETA]`, and scores them as the evaluate stage
-does: domain FID against the held-out split (with its floor), the share confidently classified,
-class shares; `--inception` adds inception FID for the first sampler.
+samples `--samples` images with each `--sampler NAME:STEPS[:ETA]` (autoguided as sample.autoguidance says,
+as the sample stage does), and scores them as the evaluate stage does: domain FID against the held-out
+split (with its floor), the share confidently classified, class shares; `--inception` adds inception FID
+for the first sampler.
 
     PYTHONPATH=. python benchmarks/recipe_search.py --name min-snr -S train.min_snr_gamma=5 \\
         --sampler dpmpp_2m:20 --sampler ddim:50 --out reports/recipes.jsonl
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ddpm.checkpoints import generator_from_state
 from ddpm.classifier import load_classifier
 from ddpm.config import Config, config_from_dict
 from ddpm.data import load_split
@@ -89,12 +91,13 @@ def main() -> None:
            "evals": result.evals, "samplers": {}}
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     device = resolve_device("cpu")
+    generator, _ = generator_from_state(result.checkpoint, device, cfg.sample.autoguidance)  # as the sample stage
     for i, spec in enumerate(args.sampler or ["ddim:50"]):
         sampler, steps, eta = (spec.split(":") + ["50", "0"])[:3]
         sample_cfg = dataclasses.replace(cfg.sample, num_samples=args.samples, sampler=sampler, steps=int(steps),
                                          eta=float(eta))
         t0 = time.perf_counter()
-        samples = generate(result.ema, diffusion, sample_cfg, device=device, progress=False)
+        samples = generate(generator, diffusion, sample_cfg, device=device, progress=False)
         scores = {"sample_s": time.perf_counter() - t0, "domain": score(samples, args.workspace, cfg, "domain")}
         if args.save_samples:
             args.save_samples.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from benchmarks.recipe_search import score  # noqa: E402
 from benchmarks.train_throughput import matched  # noqa: E402
+from ddpm.checkpoints import generator_from_state  # noqa: E402
 from ddpm.config import Config  # noqa: E402
 from ddpm.data import load_split, to_model_input, to_uint8_images  # noqa: E402
 from ddpm.diffusion import GaussianDiffusion  # noqa: E402
@@ -189,7 +190,8 @@ def train_peer(peer, images: np.ndarray, budgets_s: list[float], seed: int) -> d
 def ours_at(cfg: Config, images: np.ndarray, steps: int) -> tuple[torch.nn.Module, dict]:
     run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
     result = train(run_cfg, images, progress=False)
-    return result.ema, {"steps": steps, "wall_s": result.timing["train_s"]}
+    generator, _ = generator_from_state(result.checkpoint, "cpu", cfg.sample.autoguidance)  # as the sample stage
+    return generator, {"steps": steps, "wall_s": result.timing["train_s"]}
 
 
 def time_to_reach(points: list[tuple[float, float]], target: float) -> float | None:

@@ -48,13 +48,18 @@ def load_ema_model(path: str | Path, device: torch.device | str = "cpu",
                    autoguidance: float = 0.0) -> tuple[UNet, Config]:
     """The EMA generator and the configuration it was trained with; with autoguidance w > 0, the generator
     guided by the run's earlier EMA weights that the checkpoint keeps (ddpm.guidance.AutoGuided)."""
-    state = load_checkpoint(path)
+    return generator_from_state(load_checkpoint(path), device, autoguidance, source=f"checkpoint {path}")
+
+
+def generator_from_state(state: dict[str, Any], device: torch.device | str = "cpu", autoguidance: float = 0.0,
+                         source: str = "this training run") -> tuple[UNet, Config]:
+    """load_ema_model for a checkpoint's state already in memory (a TrainResult's `checkpoint`)."""
     cfg = config_from_dict(state["config"])
     model = _ema_unet(cfg, state["ema"], device)
     if not autoguidance:
         return model, cfg
     if state.get("guide") is None:
-        raise CheckpointError(f"checkpoint {path} keeps no weights to autoguide with: set train.autoguide_at "
+        raise CheckpointError(f"{source} keeps no weights to autoguide with: set train.autoguide_at "
                               "(e.g. 0.33) and retrain, or set sample.autoguidance: 0")
     from ddpm.guidance import AutoGuided
 
