@@ -162,6 +162,12 @@ def test_lognormal_noise_draws_the_training_timesteps_from_edms_distribution(mon
     assert lognormal.double().mean() < uniform.double().mean() - 5
 
 
+def test_a_probe_before_the_first_loss_window_closes(images):
+    cfg = dataclasses.replace(CFG, train=dataclasses.replace(CFG.train, steps=3, log_every=3, eval_every=1))
+    result = train(cfg, images, probe=lambda model, diffusion, device: {"fid": 1.0, "confident": 0.5}, progress=False)
+    assert [e["step"] for e in result.evals] == [1, 2, 3] and len(result.history) == 1
+
+
 def test_divergence_fails_clearly_before_a_snapshot_is_written(tmp_path, images):
     cfg = dataclasses.replace(CFG, train=dataclasses.replace(CFG.train, lr=1e20, warmup_steps=0, log_every=8))
     store = SnapshotStore(tmp_path / "resume")

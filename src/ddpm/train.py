@@ -173,6 +173,7 @@ def train(
     # The loss is summed on the device and read once per log window: reading it every step
     # (.item(), or an isfinite check) would stall the host until the GPU caught up.
     step, history, evals, best = 0, [], [], None
+    mean_loss = math.nan  # until the first log window closes (a probe may come first: eval_every < log_every)
     # train.autoguide_at: the EMA weights at that step, kept as autoguidance's guide (ddpm.guidance)
     guide_step = max(1, round(tc.autoguide_at * tc.steps)) if tc.autoguide_at is not None else None
     guide = None
