@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import ddpm
-from ddpm.config import Config, config_from_dict
+from ddpm.config import Config, config_from_checkpoint
 from ddpm.io import write_json
 from ddpm.registry_probe import CANDIDATE, Registration, logged_marker, redact, registry_holds
 from pipeline import paths
@@ -65,7 +65,7 @@ def register(cfg: Config) -> None:
 
             from ddpm.checkpoints import load_checkpoint
 
-            trained = config_from_dict(load_checkpoint(paths.CHECKPOINT)["config"]).data
+            trained = config_from_checkpoint(load_checkpoint(paths.CHECKPOINT)["config"]).data
             with tempfile.TemporaryDirectory() as tmp:  # the library without caches, bundled with the model
                 code = shutil.copytree(MODEL_CODE.parent, Path(tmp) / "ddpm",
                                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))

@@ -71,7 +71,8 @@ def test_training_keeps_the_ema_of_the_guide_step_and_resume_keeps_it(tmp_path, 
         for key, value in guide.items():
             torch.testing.assert_close(resumed.checkpoint["guide"][key], value, rtol=0, atol=0)
     # without train.autoguide_at the checkpoint has no guide key at all: the default's bytes are as before
-    plain = dataclasses.replace(CFG, train=dataclasses.replace(CFG.train, autoguide_at=None))
+    plain = dataclasses.replace(CFG, train=dataclasses.replace(CFG.train, autoguide_at=None),
+                                sample=dataclasses.replace(CFG.sample, autoguidance=0.0))
     assert "guide" not in train(plain, images, progress=False, max_steps=2).checkpoint
 
 
@@ -94,16 +95,20 @@ def test_sampling_with_autoguidance_uses_the_guide_and_w_zero_is_the_ema_alone(t
 
 
 def test_autoguidance_without_guide_weights_fails_clearly(tmp_path, images):
-    plain = dataclasses.replace(CFG, train=dataclasses.replace(CFG.train, autoguide_at=None))
+    plain = dataclasses.replace(CFG, train=dataclasses.replace(CFG.train, autoguide_at=None),
+                                sample=dataclasses.replace(CFG.sample, autoguidance=0.0))
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, train(plain, images, progress=False, max_steps=2).checkpoint)
     with pytest.raises(CheckpointError, match=r"keeps no weights to autoguide with: set train\.autoguide_at"):
         load_ema_model(path, autoguidance=1.0)
+    model, trained = load_ema_model(path)  # a run without a guide loads (its sampling defaults ask for none)
+    assert trained.train.autoguide_at is None and trained.sample.autoguidance == 0.0 and isinstance(model, UNet)
 
 
 @pytest.mark.parametrize("raw, match", [
-    ({"sample": {"autoguidance": 1.0}}, r"sample\.autoguidance = 1\.0 guides with the earlier EMA weights that "
-                                        r"train\.autoguide_at keeps, and it is null: set train\.autoguide_at"),
+    ({"sample": {"autoguidance": 1.0}, "train": {"autoguide_at": None}},
+     r"sample\.autoguidance = 1\.0 guides with the earlier EMA weights that "
+     r"train\.autoguide_at keeps, and it is null: set train\.autoguide_at"),
     ({"sample": {"autoguidance": -1}}, r"sample\.autoguidance = -1\.0 is out of range: expected >= 0"),
     ({"train": {"autoguide_at": 1.0}}, r"train\.autoguide_at = 1\.0 is out of range: expected null .* or in \(0, 1\)"),
 ])

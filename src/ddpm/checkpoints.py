@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ddpm.config import Config, config_from_dict
+from ddpm.config import Config, config_from_checkpoint
 from ddpm.errors import CheckpointError
 from ddpm.io import save_torch, sha256_file, write_text
 from ddpm.unet import UNet
@@ -54,7 +54,7 @@ def load_ema_model(path: str | Path, device: torch.device | str = "cpu",
 def generator_from_state(state: dict[str, Any], device: torch.device | str = "cpu", autoguidance: float = 0.0,
                          source: str = "this training run") -> tuple[UNet, Config]:
     """load_ema_model for a checkpoint's state already in memory (a TrainResult's `checkpoint`)."""
-    cfg = config_from_dict(state["config"])
+    cfg = config_from_checkpoint(state["config"])
     model = _ema_unet(cfg, state["ema"], device)
     if not autoguidance:
         return model, cfg

@@ -118,5 +118,13 @@ def config_from_dict(raw: dict[str, Any] | None) -> Config:
     return config
 
 
+def config_from_checkpoint(record: dict[str, Any]) -> Config:
+    """The Config of a checkpoint's training record (Config.training_dict()): the groups it lacks take their
+    defaults, except sample.autoguidance, which is off for a run that kept no guide (train.autoguide_at:
+    null), where the default weight would ask for weights the checkpoint does not have."""
+    autoguide_at = record.get("train", {}).get("autoguide_at", TrainConfig().autoguide_at)
+    return config_from_dict({**record, "sample": {} if autoguide_at is not None else {"autoguidance": 0.0}})
+
+
 def load_config(path: str | Path = "params.yaml") -> Config:
     return config_from_dict(read_mapping(path))

@@ -214,7 +214,7 @@ def train(
             "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "flip": flip_gen.get_state(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-            **({"guide": guide} if guide_step is not None else {}),  # no key without a guide: the bytes of before
+            **({"guide": guide} if guide_step is not None else {}),  # no key at all without a guide
         }
 
     def save_snapshot() -> Path | None:
