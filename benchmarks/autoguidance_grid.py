@@ -56,7 +56,7 @@ def main() -> None:
         print(json.dumps({"train": result.timing, "kept": sorted(emas)}), flush=True)
         args.cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save(emas, args.cache)
-    emas = torch.load(args.cache)
+    emas = torch.load(args.cache, weights_only=True)
 
     def ema_at(step: int) -> UNet:
         if step not in emas:
