@@ -22,12 +22,11 @@ from pathlib import Path
 import torch
 
 from benchmarks.recipe_search import score, with_overrides
+from ddpm.checkpoints import generator_from_state
 from ddpm.data import load_split
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.guidance import AutoGuided
 from ddpm.sampling import generate
 from ddpm.train import train
-from ddpm.unet import UNet
 
 
 def main() -> None:
@@ -58,18 +57,15 @@ def main() -> None:
         torch.save(emas, args.cache)
     emas = torch.load(args.cache, weights_only=True)
 
-    def ema_at(step: int) -> UNet:
-        if step not in emas:
-            raise SystemExit(f"no EMA kept at step {step}: choose from {sorted(emas)}")
-        model = UNet(cfg.model, cfg.data.image_size, cfg.data.channels)
-        model.load_state_dict(emas[step])
-        return model.eval()
-
+    missing = sorted({int(p.split(":")[0]) for p in args.points} - set(emas))
+    if cfg.train.steps not in emas or missing:
+        raise SystemExit(f"no EMA kept at step {missing or cfg.train.steps}: choose from {sorted(emas)}")
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
-    final = ema_at(cfg.train.steps)
     for point in args.points:
         guide_step, weight = int(point.split(":")[0]), float(point.split(":")[1])
-        model = AutoGuided(final, ema_at(guide_step), weight) if weight else final
+        # as the sample stage builds its generator from a checkpoint: the final EMA, guided by the kept one
+        state = {"config": cfg.training_dict(), "ema": emas[cfg.train.steps], "guide": emas[guide_step]}
+        model, _ = generator_from_state(state, "cpu", weight)
         sample_cfg = dataclasses.replace(cfg.sample, num_samples=args.samples, autoguidance=weight)
         t0 = time.perf_counter()
         samples = generate(model, diffusion, sample_cfg, progress=False)

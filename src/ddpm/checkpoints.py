@@ -45,14 +45,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def load_ema_model(path: str | Path, device: torch.device | str = "cpu",
-                   autoguidance: float = 0.0) -> tuple[UNet, Config]:
-    """The EMA generator and the configuration it was trained with; with autoguidance w > 0, the generator
+                   autoguidance: float = 0.0) -> tuple[torch.nn.Module, Config]:
+    """The EMA generator (a UNet) and the configuration it was trained with; with autoguidance w > 0, the generator
     guided by the run's earlier EMA weights that the checkpoint keeps (ddpm.guidance.AutoGuided)."""
     return generator_from_state(load_checkpoint(path), device, autoguidance, source=f"checkpoint {path}")
 
 
 def generator_from_state(state: dict[str, Any], device: torch.device | str = "cpu", autoguidance: float = 0.0,
-                         source: str = "this training run") -> tuple[UNet, Config]:
+                         source: str = "this training run") -> tuple[torch.nn.Module, Config]:
     """load_ema_model for a checkpoint's state already in memory (a TrainResult's `checkpoint`)."""
     cfg = config_from_checkpoint(state["config"])
     model = _ema_unet(cfg, state["ema"], device)
