@@ -31,7 +31,8 @@ def small_model():
 
 
 # ---------------------------------------------------------------------------- the trajectory
-@pytest.mark.parametrize("sampler, steps, eta", [("ddim", 6, 1.0), ("dpmpp_2m", 6, 0.0), ("ddpm", 20, 0.0)])
+@pytest.mark.parametrize("sampler, steps, eta", [("ddim", 6, 1.0), ("dpmpp_2m", 6, 0.0), ("dpmpp_2m_sde", 6, 0.0),
+                                                   ("ddpm", 20, 0.0)])
 def test_reverse_trajectory_is_the_configured_sampler(small_model, sampler, steps, eta):
     """Its last x̂_0 is the sample GaussianDiffusion.sample draws with the same seed (noise included)."""
     model, diffusion = small_model

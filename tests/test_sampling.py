@@ -35,7 +35,7 @@ def test_deterministic_samplers_give_the_same_images_in_any_batching(model, diff
     assert whole.shape == uneven.shape == (12, 8, 8, 1) and whole.dtype == np.uint8
     np.testing.assert_array_equal(uneven, whole)
 
-@pytest.mark.parametrize("sampler, eta", [("ddpm", 0.0), ("ddim", 1.0)])
+@pytest.mark.parametrize("sampler, eta", [("ddpm", 0.0), ("ddim", 1.0), ("dpmpp_2m_sde", 0.0)])
 def test_stochastic_samplers_repeat_per_batch_size_but_depend_on_it(model, diffusion, sampler, eta):
     """Each step's noise comes from the same generator as the batches' x_T, so batches of 5 draw the numbers in
     another order than one batch of 12: the images are reproducible for one batch_size, and change with it
@@ -51,7 +51,7 @@ class DivergedUNet(UNet):
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return torch.full_like(x, float("nan"))
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde"])
 def test_a_model_that_predicts_nan_is_one_line_naming_the_fix(diffusion, sampler):
     diverged = DivergedUNet(MODEL, image_size=8, channels=1)
     cfg = SampleConfig(num_samples=3, sampler=sampler, steps=4, batch_size=2)

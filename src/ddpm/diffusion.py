@@ -1,4 +1,4 @@
-"""Gaussian diffusion: the forward process, the loss and the samplers (DDPM, DDIM, DPM-Solver++).
+"""Gaussian diffusion: the forward process, the loss and the samplers (DDPM, DDIM, DPM-Solver++ ODE and SDE).
 
 Symbols follow Ho et al. 2020 (DDPM), Nichol & Dhariwal 2021 (cosine schedule, v/x0 notes),
 Song et al. 2020 (DDIM), Salimans & Ho 2022 (v), Hang et al. 2023 (min-SNR) and Lu et al. 2022
@@ -26,7 +26,7 @@ from ddpm.schedules import make_betas
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> prediction
 Prediction = Literal["eps", "v", "x0"]
-Sampler = Literal["ddpm", "ddim", "dpmpp_2m"]
+Sampler = Literal["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde"]
 
 
 # ---------------------------------------------------------------------------- sampling timesteps
@@ -252,15 +252,19 @@ class GaussianDiffusion:
     @torch.no_grad()
     def dpmpp_2m_step(
         self, model: Model, x_t: torch.Tensor, t: int, t_prev: int, *,
-        previous: tuple[torch.Tensor, int] | None = None, clip_denoised: bool = True,
+        previous: tuple[torch.Tensor, int] | None = None, sde: bool = False,
+        generator: torch.Generator | None = None, clip_denoised: bool = True,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, int]]:
-        """One DPM-Solver++(2M) step x_t -> x_{t_prev} (Lu et al. 2022, Algorithm 2).
+        """One DPM-Solver++(2M) step x_t -> x_{t_prev} (Lu et al. 2022, Algorithm 2), or with `sde` one
+        step of SDE-DPM-Solver++(2M) (the same paper, sec. 5; diffusers' "sde-dpmsolver++", midpoint).
 
         With alpha = sqrt(abar), sigma = sqrt(1 - abar), lambda = log(alpha / sigma) and
         h = lambda_prev - lambda_t:
 
-            x_prev = (sigma_prev / sigma_t) x_t - alpha_prev (e^-h - 1) D
-            D = x0_hat                                     first order (= DDIM, eta = 0)
+            x_prev = (sigma_prev / sigma_t) x_t - alpha_prev (e^-h - 1) D                 ODE
+            x_prev = (sigma_prev / sigma_t) e^-h x_t - alpha_prev (e^-2h - 1) D
+                     + sigma_prev sqrt(1 - e^-2h) z,  z ~ N(0, I)                         SDE
+            D = x0_hat                                     first order (ODE: DDIM with eta = 0; SDE: eta = 1)
             D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_hat_before  second order, r = h_before / h
 
         `previous` is what the step before returned, (x0_hat, t) of that step, or None. The first
@@ -283,7 +287,12 @@ class GaussianDiffusion:
             r = (lam_t - self.half_log_snr(t_before)) / h
             data = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_before
         abar_t, abar_prev = self.alphas_cumprod[t].item(), self.alphas_cumprod[t_prev].item()
-        x_prev = math.sqrt((1 - abar_prev) / (1 - abar_t)) * x_t - math.sqrt(abar_prev) * math.expm1(-h) * data
+        sigma_ratio = math.sqrt((1 - abar_prev) / (1 - abar_t))
+        if not sde:
+            return sigma_ratio * x_t - math.sqrt(abar_prev) * math.expm1(-h) * data, state
+        z = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+        x_prev = (sigma_ratio * math.exp(-h) * x_t - math.sqrt(abar_prev) * math.expm1(-2 * h) * data
+                  + math.sqrt((1 - abar_prev) * -math.expm1(-2 * h)) * z)
         return x_prev, state
 
     def half_log_snr(self, t: int) -> float:
@@ -298,8 +307,8 @@ class GaussianDiffusion:
         clip_denoised: bool = True, generator: torch.Generator | None = None,
         device: torch.device | str = "cpu", progress: bool = False, noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Draw x_0 ~ p_theta from x_T ~ N(0, I): DDPM ancestral (all T steps), or DDIM or
-        DPM-Solver++(2M) on the `steps` timesteps of `ddim_timesteps`."""
+        """Draw x_0 ~ p_theta from x_T ~ N(0, I): DDPM ancestral (all T steps), or DDIM,
+        DPM-Solver++(2M) or SDE-DPM-Solver++(2M) on the `steps` timesteps of `ddim_timesteps`."""
         x = noise.to(device) if noise is not None else torch.randn(shape, generator=generator, device=device)
         if sampler == "ddpm":
             ts = list(range(self.num_timesteps - 1, -1, -1))
@@ -313,5 +322,7 @@ class GaussianDiffusion:
             if sampler == "ddim":
                 x = self.ddim_step(model, x, t, t_prev, eta=eta, generator=generator, clip_denoised=clip_denoised)
             else:
-                x, previous = self.dpmpp_2m_step(model, x, t, t_prev, previous=previous, clip_denoised=clip_denoised)
+                x, previous = self.dpmpp_2m_step(model, x, t, t_prev, previous=previous,
+                                                 sde=sampler == "dpmpp_2m_sde", generator=generator,
+                                                 clip_denoised=clip_denoised)
         return x

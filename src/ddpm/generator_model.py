@@ -5,8 +5,8 @@ artifact and the ddpm package as bundled code: nothing is pickled. MLflow runs t
 build the model; `load_context` rebuilds the U-Net from the checkpoint (ddpm.checkpoints.load_ema_model)
 and `predict` samples with ddpm.sampling.generate, as the sample stage does.
 
-Input: one row per request, columns `num_samples` (required), `sampler` ("ddpm", "ddim" or
-"dpmpp_2m"), `steps`, `seed`, `batch_size` (at most num_samples), and for a class-conditional model
+Input: one row per request, columns `num_samples` (required), `sampler` ("ddpm", "ddim", "dpmpp_2m" or
+"dpmpp_2m_sde"), `steps`, `seed`, `batch_size` (at most num_samples), and for a class-conditional model
 `class` (every image of the row is of this label) and `guidance` (w). What a row leaves out comes
 from the `sample` parameters the model was registered with (its model config), so a request with
 only `num_samples` = sample.num_samples returns the sample stage's images. Output: uint8 images,

@@ -72,6 +72,7 @@ def reverse_trajectory(model: Model, diffusion: GaussianDiffusion, cfg: SampleCo
                                     clip_denoised=cfg.clip_denoised)
         else:
             x, previous = diffusion.dpmpp_2m_step(net, x, t, t_prev, previous=previous,
+                                                  sde=cfg.sampler == "dpmpp_2m_sde", generator=generator,
                                                   clip_denoised=cfg.clip_denoised)
         if i in keep:
             tt = torch.full((shape[0],), t, dtype=torch.long)
