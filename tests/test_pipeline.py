@@ -58,7 +58,8 @@ def test_repro_runs_every_stage_and_writes_the_report(first_repro, project):
     sweep = (project / "reports/plots/sampler_sweep.csv").read_text().splitlines()
     assert sweep[0].startswith("sampler,steps,space,fid")
     assert [tuple(r.split(",")[:2]) for r in sweep[1:]] == [("ddim", "2"), ("ddim", "4"), ("dpmpp_2m", "2"),
-                                                            ("dpmpp_2m", "4"), ("ddpm", "50")]
+                                                            ("dpmpp_2m", "4"), ("dpmpp_2m_sde", "2"),
+                                                            ("dpmpp_2m_sde", "4"), ("ddpm", "50")]
     # an unconditional model: no guidance sweep, and its DVC plot holds the header only
     assert (project / "reports/plots/guidance_sweep.csv").read_text().splitlines() == [
         "guidance,fid,fid_floor,accuracy,space,n_samples,n_floor"]

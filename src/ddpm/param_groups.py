@@ -149,8 +149,8 @@ class TrainConfig:
 @dataclass(frozen=True)
 class SampleConfig:
     num_samples: int = 1000
-    sampler: Literal["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde"] = "dpmpp_2m"
-    steps: int = 20  # DDIM / DPM-Solver++ steps (the DDPM sampler always takes all T)
+    sampler: Literal["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde"] = "dpmpp_2m_sde"
+    steps: int = 50  # DDIM / DPM-Solver++ steps (the DDPM sampler always takes all T)
     eta: float = 0.0  # DDIM: 0 is deterministic, 1 matches DDPM's sigma (dpmpp_2m_sde is always stochastic)
     variance: Literal["beta", "beta_tilde"] = "beta"  # DDPM: sigma_t^2 = beta_t or beta~_t
     clip_denoised: bool = True
@@ -233,7 +233,7 @@ class SweepConfig:
     """FID against the sampler: each of `samplers` at each of `steps`, and DDPM with all T steps; for a
     class-conditional model also FID and conditional accuracy against the guidance weight."""
 
-    samplers: tuple[Literal["ddim", "dpmpp_2m", "dpmpp_2m_sde"], ...] = ("ddim", "dpmpp_2m")
+    samplers: tuple[Literal["ddim", "dpmpp_2m", "dpmpp_2m_sde"], ...] = ("ddim", "dpmpp_2m", "dpmpp_2m_sde")
     steps: tuple[int, ...] = (10, 20, 50)
     ddpm: bool = False  # ancestral DDPM with all T steps: 1,000 network calls per sample
     num_samples: int = 250  # per row; FID is biased upward at small N, so compare rows at equal N
