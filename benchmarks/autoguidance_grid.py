@@ -8,6 +8,13 @@ W = 0 is the EMA alone. Runs in a workspace where `dvc repro reference` has run.
 
     PYTHONPATH=. python benchmarks/autoguidance_grid.py --samples 500 2100:0 700:1 1050:1 700:2 350:2
     PYTHONPATH=. python benchmarks/autoguidance_grid.py --samples 1000 --inception 2100:0 700:2
+
+Two more levers of the guided sampler:
+- EMA lengths (EDM2's sigma_rel): `--ema-lengths 0.05 0.2` keeps power-function EMAs of these lengths
+  beside the run's own, from the same training; a point `GUIDE_STEP:W:MAIN:GUIDE` samples the final EMA of
+  length MAIN guided by the EMA of length GUIDE at GUIDE_STEP (`700:2:0.05:0.1`).
+- Guidance in an interval (Kynkäänniemi et al. 2024, for classifier-free guidance): `--interval 200:900`
+  guides only at the chain's steps 200 < t <= 900 and calls the final EMA alone elsewhere.
 """
 
 from __future__ import annotations
@@ -18,58 +25,120 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 from benchmarks.recipe_search import score, with_overrides
 from ddpm.checkpoints import generator_from_state
 from ddpm.data import load_split
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.guidance import AutoGuided
 from ddpm.sampling import generate
-from ddpm.train import train
+from ddpm.train import ema_beta, power_ema_gamma, train
+
+Kept = dict[float, dict[int, dict[str, torch.Tensor]]]  # EMA length -> step -> EMA weights
+
+
+def keeping_other_lengths(lengths: list[float], every: int, last: int, kept: Kept) -> type[AveragedModel]:
+    """An AveragedModel for train() that also averages the weights with power-function EMAs of `lengths`,
+    keeping each every `every` updates and at update `last`: train() itself keeps one EMA."""
+    gammas = {s: power_ema_gamma(s) for s in lengths}
+
+    class AlsoOtherLengths(AveragedModel):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.updates = 0
+            self.averages: dict[float, list[torch.Tensor]] = {}
+
+        def update_parameters(self, model: torch.nn.Module) -> None:
+            super().update_parameters(model)
+            self.updates += 1
+            params = [p.detach() for p in model.parameters()]
+            for s in lengths:  # (1 - 1/n)^(gamma + 1) is 0 at the first update: the average starts as a copy
+                average = self.averages.setdefault(s, [p.clone() for p in params])
+                torch._foreach_lerp_(average, params, 1.0 - ema_beta(self.updates, 0.0, gammas[s]))
+            if self.updates % every == 0 or self.updates == last:
+                names = [name for name, _ in model.named_parameters()]
+                for s in lengths:
+                    state = copy.deepcopy(self.module.state_dict())  # buffers as the run's EMA has them
+                    state.update({name: p.clone() for name, p in zip(names, self.averages[s])})
+                    kept.setdefault(s, {})[self.updates] = state
+
+    return AlsoOtherLengths
+
+
+class GuidedInInterval(torch.nn.Module):
+    """An autoguided generator that guides only at chain steps lo < t <= hi and calls its model alone elsewhere."""
+
+    def __init__(self, guided: AutoGuided, lo: int, hi: int):
+        super().__init__()
+        self.guided, self.lo, self.hi = guided, lo, hi
+        self.channels, self.image_size, self.num_classes = guided.channels, guided.image_size, guided.num_classes
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.lo < int(t[0]) <= self.hi:  # every sampler calls with one t for the whole batch
+            return self.guided(x_t, t, y)
+        return self.guided.model(x_t, t, y)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("points", nargs="+", metavar="GUIDE_STEP:W")
+    ap.add_argument("points", nargs="+", metavar="GUIDE_STEP:W[:MAIN:GUIDE]")
     ap.add_argument("--workspace", type=Path, default=Path("."))
     ap.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--every", type=int, default=350, help="keep the EMA weights every this many steps")
+    ap.add_argument("--ema-lengths", type=float, nargs="+", default=[], metavar="SIGMA_REL",
+                    help="also keep power-function EMAs of these relative lengths")
+    ap.add_argument("--interval", metavar="LO:HI", help="guide only at chain steps LO < t <= HI")
     ap.add_argument("--samples", type=int, default=500)
     ap.add_argument("--inception", action="store_true")
     ap.add_argument("--cache", type=Path, default=Path("reports/autoguidance_emas.pt"),
-                    help="the kept EMA weights; reused when present (delete it after changing -S or --every)")
+                    help="the kept EMA weights; reused when present (delete it after changing -S, --every or "
+                         "--ema-lengths)")
     ap.add_argument("--out", type=Path, default=Path("reports/autoguidance.jsonl"))
     args = ap.parse_args()
 
     cfg = with_overrides(["train.precision=fp32", f"train.eval_every={args.every}", *args.overrides])
+    own = cfg.train.ema_sigma_rel
     if not args.cache.exists():
-        emas: dict[int, dict] = {}
+        kept: Kept = {own: {}}
 
         def keep_ema(model, diffusion, device) -> dict[str, float]:
-            emas[min(args.every * (len(emas) + 1), cfg.train.steps)] = copy.deepcopy(model.state_dict())
+            kept[own][min(args.every * (len(kept[own]) + 1), cfg.train.steps)] = copy.deepcopy(model.state_dict())
             return {"fid": float("nan"), "confident": float("nan")}
 
         images = load_split(args.workspace / "data/prepared/train.npz").images
-        result = train(cfg, images, probe=keep_ema, progress=False)
-        print(json.dumps({"train": result.timing, "kept": sorted(emas)}), flush=True)
+        averaging = keeping_other_lengths(args.ema_lengths, args.every, cfg.train.steps, kept)
+        with mock.patch("ddpm.train.AveragedModel", averaging):
+            result = train(cfg, images, probe=keep_ema, progress=False)
+        print(json.dumps({"train": result.timing, "kept": {str(s): sorted(k) for s, k in kept.items()}}), flush=True)
         args.cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(emas, args.cache)
-    emas = torch.load(args.cache, weights_only=True)
+        torch.save(kept, args.cache)
+    kept = torch.load(args.cache, weights_only=True)
 
-    missing = sorted({int(p.split(":")[0]) for p in args.points} - set(emas))
-    if cfg.train.steps not in emas or missing:
-        raise SystemExit(f"no EMA kept at step {missing or cfg.train.steps}: choose from {sorted(emas)}")
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     for point in args.points:
-        guide_step, weight = int(point.split(":")[0]), float(point.split(":")[1])
+        guide_step, weight, *lengths = point.split(":")
+        guide_step, weight = int(guide_step), float(weight)
+        main_length, guide_length = (float(s) for s in lengths) if lengths else (own, own)
+        for length, step in ((main_length, cfg.train.steps), (guide_length, guide_step)):
+            if step not in kept.get(length, {}):
+                raise SystemExit(f"no EMA of length {length} kept at step {step}: kept "
+                                 f"{ {s: sorted(k) for s, k in kept.items()} }")
         # as the sample stage builds its generator from a checkpoint: the final EMA, guided by the kept one
-        state = {"config": cfg.training_dict(), "ema": emas[cfg.train.steps], "guide": emas[guide_step]}
+        state = {"config": cfg.training_dict(), "ema": kept[main_length][cfg.train.steps],
+                 "guide": kept[guide_length][guide_step]}
         model, _ = generator_from_state(state, "cpu", weight)
+        if args.interval and weight:
+            model = GuidedInInterval(model, *(int(t) for t in args.interval.split(":")))
         sample_cfg = dataclasses.replace(cfg.sample, num_samples=args.samples, autoguidance=weight)
         t0 = time.perf_counter()
         samples = generate(model, diffusion, sample_cfg, progress=False)
-        row = {"guide_step": guide_step, "w": weight, "n": args.samples, "sample_s": time.perf_counter() - t0,
+        row = {"guide_step": guide_step, "w": weight, "ema_lengths": [main_length, guide_length],
+               "interval": args.interval, "sampler": sample_cfg.sampler, "steps": sample_cfg.steps,
+               "n": args.samples, "sample_s": time.perf_counter() - t0,
                "domain": score(samples, args.workspace, cfg, "domain")}
         if args.inception:
             row["inception"] = score(samples, args.workspace, cfg, "inception")
