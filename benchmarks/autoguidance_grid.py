@@ -117,16 +117,21 @@ def main() -> None:
         args.cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save(kept, args.cache)
     kept = torch.load(args.cache, weights_only=True)
+    if any(not isinstance(step, int) for steps in kept.values() for step in steps):
+        raise SystemExit(f"{args.cache} was written by an older version of this script: delete it and rerun")
 
-    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    points = []  # (guide step, w, final EMA's length, guide's length), all checked before any sampling
     for point in args.points:
         guide_step, weight, *lengths = point.split(":")
-        guide_step, weight = int(guide_step), float(weight)
         main_length, guide_length = (float(s) for s in lengths) if lengths else (own, own)
-        for length, step in ((main_length, cfg.train.steps), (guide_length, guide_step)):
+        points.append((int(guide_step), float(weight), main_length, guide_length))
+        for length, step in ((main_length, cfg.train.steps), (guide_length, int(guide_step))):
             if step not in kept.get(length, {}):
                 raise SystemExit(f"no EMA of length {length} kept at step {step}: kept "
                                  f"{ {s: sorted(k) for s, k in kept.items()} }")
+
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    for guide_step, weight, main_length, guide_length in points:
         # as the sample stage builds its generator from a checkpoint: the final EMA, guided by the kept one
         state = {"config": cfg.training_dict(), "ema": kept[main_length][cfg.train.steps],
                  "guide": kept[guide_length][guide_step]}
