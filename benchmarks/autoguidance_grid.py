@@ -83,6 +83,14 @@ class GuidedInInterval(torch.nn.Module):
         return self.guided.model(x_t, t, y)
 
 
+def chain_interval(text: str) -> tuple[int, int]:
+    """`LO:HI` -> (LO, HI), read when the arguments are, so that a typo stops the script before any training."""
+    lo, hi = (int(t) for t in text.split(":"))  # argparse reports the ValueError of a malformed value
+    if not 0 <= lo < hi:
+        raise argparse.ArgumentTypeError(f"{text}: need 0 <= LO < HI")
+    return lo, hi
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("points", nargs="+", metavar="GUIDE_STEP:W[:MAIN:GUIDE]")
@@ -91,7 +99,7 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=350, help="keep the EMA weights every this many steps")
     ap.add_argument("--ema-lengths", type=float, nargs="+", default=[], metavar="SIGMA_REL",
                     help="also keep power-function EMAs of these relative lengths")
-    ap.add_argument("--interval", metavar="LO:HI", help="guide only at chain steps LO < t <= HI")
+    ap.add_argument("--interval", type=chain_interval, metavar="LO:HI", help="guide only at chain steps LO < t <= HI")
     ap.add_argument("--samples", type=int, default=500)
     ap.add_argument("--inception", action="store_true")
     ap.add_argument("--cache", type=Path, default=Path("reports/autoguidance_emas.pt"),
@@ -137,7 +145,7 @@ def main() -> None:
                  "guide": kept[guide_length][guide_step]}
         model, _ = generator_from_state(state, "cpu", weight)
         if args.interval and weight:
-            model = GuidedInInterval(model, *(int(t) for t in args.interval.split(":")))
+            model = GuidedInInterval(model, *args.interval)
         sample_cfg = dataclasses.replace(cfg.sample, num_samples=args.samples, autoguidance=weight)
         t0 = time.perf_counter()
         samples = generate(model, diffusion, sample_cfg, progress=False)

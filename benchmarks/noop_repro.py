@@ -38,13 +38,12 @@ def seconds(cmd: list[str], cwd: Path) -> float:
     return time.perf_counter() - t0
 
 
-def one_stage_dag(folder: Path) -> Path:
+def make_one_stage_dag(folder: Path) -> None:
     (folder / "in.txt").write_text("a\n")
     for cmd in (["git", "init", "-q"], [DVC, "init", "-q"],
                 [DVC, "stage", "add", "-q", "-n", "copy", "-d", "in.txt", "-o", "out.txt", "cp in.txt out.txt"]):
         subprocess.run(cmd, cwd=folder, env=ENV, check=True, stdout=subprocess.DEVNULL)
     seconds([DVC, "repro"], folder)
-    return folder
 
 
 def main() -> None:
@@ -63,7 +62,8 @@ def main() -> None:
     seconds([DVC, "repro"], args.workspace)  # warm-up: the file cache, DVC's state database
 
     with tempfile.TemporaryDirectory() as tmp:
-        floor = one_stage_dag(Path(tmp))
+        floor = Path(tmp)
+        make_one_stage_dag(floor)
         commands = {"dvc repro (no-op)": ([DVC, "repro"], args.workspace),
                     "dvc repro, one-stage DAG": ([DVC, "repro"], floor),
                     "dvc status": ([DVC, "status"], args.workspace),
