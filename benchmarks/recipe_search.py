@@ -81,12 +81,13 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     cfg = with_overrides(args.overrides)
-    images = load_split(args.workspace / "data/prepared/train.npz").images
+    split = load_split(args.workspace / "data/prepared/train.npz")
     probe = TrainingProbe(load_classifier(args.workspace / "models/classifier.pt"),
                           load_split(args.workspace / "data/prepared/test.npz").images,
                           num_samples=cfg.train.eval_samples, steps=cfg.train.eval_steps,
                           confidence=cfg.evaluate.confidence, seed=cfg.seed)
-    result = train(cfg, images, probe=probe, progress=False)
+    result = train(cfg, split.images, labels=split.labels if cfg.model.num_classes else None, probe=probe,
+                   progress=False)
     row = {"name": args.name, "overrides": args.overrides, "train": {**result.stats, **result.timing},
            "evals": result.evals, "samplers": {}}
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)

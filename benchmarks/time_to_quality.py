@@ -5,8 +5,9 @@ machine, at matched parameter count (within 10% of ours), and is scored by our e
 samples, domain FID against the held-out split and the share the domain classifier is confident of
 (inception FID at the largest budget with --inception). Wall clock counts training only.
 
-- ours: the default profile (src/ddpm/config.py), trained once per budget with train.steps scaled
-  to it (the cosine LR decay ends with the run), sampled with the default sampler;
+- ours: the default recipe, unconditional as the peers are (profile mnist-uncond: the default without
+  the digit classes), trained once per budget with train.steps scaled to it (the cosine LR decay ends
+  with the run), sampled with its autoguided sampler;
 - diffusers: examples/unconditional_image_generation/train_unconditional.py's defaults: UNet2DModel,
   DDPMScheduler (1,000 steps, linear betas, eps-prediction), AdamW lr 1e-4 (betas 0.95/0.999,
   weight decay 1e-6), cosine LR with 500 warm-up steps over its default 100 epochs, batch 16,
@@ -49,16 +50,18 @@ if "--native" not in sys.argv:  # before torch loads: it reads the variables onc
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+import yaml  # noqa: E402
 
 from benchmarks.recipe_search import score  # noqa: E402
 from benchmarks.train_throughput import matched  # noqa: E402
 from ddpm.checkpoints import generator_from_state  # noqa: E402
-from ddpm.config import Config  # noqa: E402
+from ddpm.config import Config, config_from_dict  # noqa: E402
 from ddpm.data import load_split, to_model_input, to_uint8_images  # noqa: E402
 from ddpm.diffusion import GaussianDiffusion  # noqa: E402
 from ddpm.sampling import generate  # noqa: E402
 from ddpm.train import train  # noqa: E402
 from ddpm.unet import UNet, count_parameters  # noqa: E402
+from pipeline.profile import render  # noqa: E402
 
 
 # ---------------------------------------------------------------------------- peers
@@ -217,7 +220,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("reports/time_to_quality.json"))
     args = ap.parse_args()
 
-    cfg = Config()  # the default profile
+    cfg = config_from_dict(yaml.safe_load(render("mnist-uncond")))  # the default, unconditional as the peers are
     cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, num_samples=args.samples))
     images = load_split(args.workspace / "data/prepared/train.npz").images
     rows: list[dict] = []

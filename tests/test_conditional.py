@@ -1,5 +1,5 @@
 """Class-conditional generation with classifier-free guidance (issue 16): label dropout, the guided
-prediction, sampling with labels, the unchanged unconditional default, the errors, the served model."""
+prediction, sampling with labels, unconditional models unchanged, the errors, the served model."""
 
 import hashlib
 
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ddpm.config import Config, config_from_dict
+from ddpm.config import Config, config_from_checkpoint, config_from_dict
 from ddpm.data import check_num_classes
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import ConfigError
@@ -149,26 +149,34 @@ def test_a_label_changes_the_sample_and_none_is_the_null_class(model):
     torch.testing.assert_close(model(x, t), model(x, t, torch.tensor([10, 10])))
 
 
-# ---------------------------------------------------------------------------- the unconditional default
-def test_the_default_model_is_the_model_from_before_classes():
+# ---------------------------------------------------------------------------- unconditional models
+def test_an_unconditional_model_is_the_model_from_before_classes():
     """Same parameters, keys and initial weights (seed 0) as before model.num_classes existed."""
+    cfg = config_from_dict({"model": {"num_classes": 0}})
     torch.manual_seed(0)
-    net = UNet(Config().model, 28, 1)
+    net = UNet(cfg.model, 28, 1)
     digest = hashlib.sha256()
     for key, value in net.state_dict().items():
         digest.update(key.encode())
         digest.update(value.numpy().tobytes())
     assert count_parameters(net) == 686_769 and len(net.state_dict()) == 168
     assert digest.hexdigest() == "63482e8aeb2c0bf3f9bc4908c74aa7910567e670383aa5042f080c0bfee1dc0e"
-    record = Config().training_dict()  # what the checkpoint stores: unchanged bytes
+    record = cfg.training_dict()  # what the checkpoint stores: unchanged bytes
     assert "num_classes" not in record["model"] and "cond_drop" not in record["train"]
     with pytest.raises(ValueError, match="unconditional"):
         net(torch.zeros(1, 1, 28, 28), torch.tensor([0]), torch.tensor([3]))
 
 
+def test_a_checkpoint_without_classes_reads_as_unconditional_whatever_the_default():
+    unconditional = config_from_dict({"model": {"num_classes": 0}})
+    assert Config().model.num_classes == 10  # the default is conditional, so a missing key must not mean 10
+    assert config_from_checkpoint(unconditional.training_dict()).model == unconditional.model
+    assert config_from_checkpoint(Config().training_dict()).model == Config().model
+
+
 def test_a_conditional_model_adds_only_the_class_embedding():
     torch.manual_seed(0)
-    plain = UNet(ModelConfig(), 28, 1).state_dict()
+    plain = UNet(ModelConfig(num_classes=0), 28, 1).state_dict()
     torch.manual_seed(0)
     conditional = UNet(ModelConfig(num_classes=10), 28, 1).state_dict()
     assert set(conditional) - set(plain) == {"class_emb.weight"}
@@ -178,8 +186,9 @@ def test_a_conditional_model_adds_only_the_class_embedding():
 
 # ---------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("raw, match", [
-    ({"sample": {"classes": [7]}}, r"sample\.classes needs a class-conditional model, .* \(model\.num_classes = 0\)"),
-    ({"sample": {"guidance": 2.0}}, r"sample\.guidance needs a class-conditional model"),
+    ({"model": {"num_classes": 0}, "sample": {"classes": [7]}},
+     r"sample\.classes needs a class-conditional model, .* \(model\.num_classes = 0\)"),
+    ({"model": {"num_classes": 0}, "sample": {"guidance": 2.0}}, r"sample\.guidance needs a class-conditional model"),
     ({"model": {"num_classes": 10}, "sample": {"classes": [3, 10]}},
      r"sample\.classes contains 10, .* use labels 0 to 9"),
     ({"model": {"num_classes": 10}, "sample": {"guidance": 1.0}, "train": {"cond_drop": 0.0}},
@@ -188,9 +197,9 @@ def test_a_conditional_model_adds_only_the_class_embedding():
     ({"train": {"cond_drop": 1.0}}, r"train\.cond_drop = 1\.0 is out of range: expected in \[0, 1\)"),
     ({"sample": {"guidance": -1.0}}, r"sample\.guidance = -1\.0 is out of range"),
     ({"model": {"num_classes": 10}, "sample": {"classes": []}}, r"sample\.classes = \[\] is out of range"),
-    ({"model": {"num_classes": 10}, "train": {"cond_drop": 0.0}},
-     r"sweep\.guidance = \[0\.0, 0\.5, 1\.0, 2\.0, 4\.0\] guides .* set train\.cond_drop: 0\.1, "
-     r"or sweep\.guidance: \[0\]"),
+    ({"model": {"num_classes": 10}, "train": {"cond_drop": 0.0}, "sweep": {"guidance": [0, 1]}},
+     r"sweep\.guidance = \[0\.0, 1\.0\] guides .* set train\.cond_drop: 0\.1, "
+     r"or sweep\.guidance: \[\]"),
     ({"sweep": {"guidance": [0, -1]}}, r"sweep\.guidance = \[0\.0, -1\.0\] is out of range: expected .* >= 0"),
 ])
 def test_bad_conditioning_is_one_line_naming_the_key(raw, match):
@@ -289,15 +298,20 @@ def test_fid_per_class_compares_each_class_with_its_own_held_out_images():
         fid_per_class(feats, labels, test[:-1], test_labels, ["a", "b", "c"])
 
 
-def test_the_mnist_cond_profile_is_the_default_with_ten_classes():
+@pytest.mark.parametrize("name, guided_by", [("mnist-cond", "classifier-free guidance"),
+                                              ("mnist-uncond", "autoguidance")])
+def test_the_mnist_profiles_are_the_default_with_one_change(name, guided_by):
     import yaml
 
     from pipeline.profile import render
 
-    cfg = config_from_dict(yaml.safe_load(render("mnist-cond")))
-    assert cfg.model.num_classes == 10 and cfg.sample.guidance > 0
+    cfg = config_from_dict(yaml.safe_load(render(name)))
     assert cfg.data == Config().data and cfg.model.base_channels == Config().model.base_channels  # the default's digits
-    assert cfg.train.steps < Config().train.steps  # guided sampling's second network call is paid for in training
+    if guided_by == "classifier-free guidance":
+        assert cfg.model.num_classes == 10 and cfg.sample.guidance > 0 and not cfg.sample.autoguidance
+        assert cfg.train.steps < Config().train.steps  # the guided step's second call is paid for in training
+    else:
+        assert cfg.model.num_classes == 0 and cfg.sample.autoguidance > 0 and cfg.train == Config().train
 
 
 # ---------------------------------------------------------------------------- the DAG, conditional

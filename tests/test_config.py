@@ -18,7 +18,7 @@ def test_params_yaml_is_the_default_profile():
     assert (ROOT / "params.yaml").read_text() == render("default")
 
 
-@pytest.mark.parametrize("name", ["default", "tiny", "cifar10-gpu"])
+@pytest.mark.parametrize("name", ["default", "tiny", "cifar10-gpu", "mnist-cond", "mnist-uncond"])
 def test_every_profile_validates(name):
     config_from_dict(yaml.safe_load(render(name)))
 

@@ -19,7 +19,8 @@ from tests.helpers import ROOT, run
 # dropout 0: dropout masks are drawn per process, the one thing two ranks cannot share with one process
 CFG = Config(
     data=DataConfig(limit=200),
-    model=ModelConfig(base_channels=8, channel_mult=(1, 2), attention_resolutions=(14,), norm_groups=4, dropout=0.0),
+    model=ModelConfig(base_channels=8, channel_mult=(1, 2), attention_resolutions=(14,), norm_groups=4, dropout=0.0,
+                      num_classes=0),
     diffusion=DiffusionConfig(timesteps=50),
     train=TrainConfig(steps=8, batch_size=16, warmup_steps=2, log_every=1, checkpoint_every=4, precision="fp32"),
     runtime=RuntimeConfig(device="cpu"),

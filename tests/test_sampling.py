@@ -11,7 +11,8 @@ from ddpm.param_groups import DiffusionConfig, ModelConfig, SampleConfig
 from ddpm.sampling import generate
 from ddpm.unet import UNet
 
-MODEL = ModelConfig(base_channels=8, channel_mult=(1, 2), attention_resolutions=(), norm_groups=4, dropout=0.0)
+MODEL = ModelConfig(base_channels=8, channel_mult=(1, 2), attention_resolutions=(), norm_groups=4, dropout=0.0,
+                    num_classes=0)
 
 @pytest.fixture(scope="module")
 def model():

@@ -22,7 +22,7 @@ from ddpm.train import BatchSampler, train
 
 CFG = Config(
     data=DataConfig(limit=200),
-    model=ModelConfig(base_channels=8, channel_mult=(1, 2), attention_resolutions=(14,), norm_groups=4),
+    model=ModelConfig(base_channels=8, channel_mult=(1, 2), attention_resolutions=(14,), norm_groups=4, num_classes=0),
     diffusion=DiffusionConfig(timesteps=50),
     train=TrainConfig(steps=8, batch_size=16, warmup_steps=2, log_every=2, checkpoint_every=4, precision="fp32"),
 )

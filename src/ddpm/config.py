@@ -90,7 +90,7 @@ class Config:
         if self.model.num_classes and any(self.sweep.guidance) and not self.train.cond_drop:
             raise ConfigError(f"sweep.guidance = {list(self.sweep.guidance)} guides with the unconditional model, "
                               "which train.cond_drop = 0 never trains: set train.cond_drop: 0.1, "
-                              "or sweep.guidance: [0]")
+                              "or sweep.guidance: []")
 
         n, ev = self.sample.num_samples, self.evaluate
         if n < ev.kid_subset_size or n <= ev.pr_k:
@@ -120,10 +120,13 @@ def config_from_dict(raw: dict[str, Any] | None) -> Config:
 
 def config_from_checkpoint(record: dict[str, Any]) -> Config:
     """The Config of a checkpoint's training record (Config.training_dict()): the groups it lacks take their
-    defaults, except sample.autoguidance, which is off for a run that kept no guide (train.autoguide_at:
-    null), where the default weight would ask for weights the checkpoint does not have."""
+    defaults, except two. A record without model.num_classes is an unconditional model's (training_dict drops
+    it at 0), whatever the default. sample.autoguidance is off for a run that kept no guide
+    (train.autoguide_at: null), where the default weight would ask for weights the checkpoint does not have."""
     autoguide_at = record.get("train", {}).get("autoguide_at", TrainConfig().autoguide_at)
-    return config_from_dict({**record, "sample": {} if autoguide_at is not None else {"autoguidance": 0.0}})
+    model = {"num_classes": 0, **record.get("model", {})}
+    return config_from_dict({**record, "model": model,
+                             "sample": {} if autoguide_at is not None else {"autoguidance": 0.0}})
 
 
 def load_config(path: str | Path = "params.yaml") -> Config:
