@@ -353,7 +353,8 @@ def test_a_tiny_conditional_dag_end_to_end(tmp_path):
     assert table[0] == "guidance,fid,fid_floor,accuracy,space,n_samples,n_floor" and len(table) == 3
     report = (project / "reports/report.md").read_text()
     assert "## Class-conditional samples" in report
-    assert f"Conditional accuracy: {conditional['accuracy']:.4g} of 24 samples (guidance w = 1)" in report
+    assert (f"Conditional accuracy: {conditional['accuracy']:.4g} of 24 samples (classifier-free guidance w = 1, "
+            "autoguidance w = 1) are classified") in report
     for row in guided.values():
         assert (f"| {row['guidance']:g} | {row['fid']:.4g} | {row['fid_floor']:.4g} | domain | "
                 f"{row['accuracy']:.4g} |") in report

@@ -87,7 +87,8 @@ def _conditional_lines(conditional: dict, guided: dict, sample: dict) -> list[st
     if conditional:
         lines += [
             f"Conditional accuracy: {_fmt(conditional['accuracy'])} of {conditional['n_samples']} samples "
-            f"(guidance w = {sample['guidance']:g}) are classified by the domain classifier as the class they were "
+            f"(classifier-free guidance w = {sample['guidance']:g}, autoguidance w = {sample['autoguidance']:g}) are "
+            "classified by the domain classifier as the class they were "
             f"drawn for, against {_fmt(conditional.get('accuracy_real'))} of {conditional.get('n_real')} real digits "
             "it never saw (its own errors count against the samples too).", "",
             "| class | samples classified as their class | real digits | FID against the held-out digits of the "
