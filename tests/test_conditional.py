@@ -1,6 +1,7 @@
 """Class-conditional generation with classifier-free guidance (issue 16): label dropout, the guided
 prediction, sampling with labels, unconditional models unchanged, the errors, the served model."""
 
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -298,20 +299,25 @@ def test_fid_per_class_compares_each_class_with_its_own_held_out_images():
         fid_per_class(feats, labels, test[:-1], test_labels, ["a", "b", "c"])
 
 
-@pytest.mark.parametrize("name, guided_by", [("mnist-cond", "classifier-free guidance"),
-                                              ("mnist-uncond", "autoguidance")])
-def test_the_mnist_profiles_are_the_default_with_one_change(name, guided_by):
+def profile(name: str) -> Config:
     import yaml
 
     from pipeline.profile import render
 
-    cfg = config_from_dict(yaml.safe_load(render(name)))
-    assert cfg.data == Config().data and cfg.model.base_channels == Config().model.base_channels  # the default's digits
-    if guided_by == "classifier-free guidance":
-        assert cfg.model.num_classes == 10 and cfg.sample.guidance > 0 and not cfg.sample.autoguidance
-        assert cfg.train.steps < Config().train.steps  # the guided step's second call is paid for in training
-    else:
-        assert cfg.model.num_classes == 0 and cfg.sample.autoguidance > 0 and cfg.train == Config().train
+    return config_from_dict(yaml.safe_load(render(name)))
+
+
+def test_the_mnist_cond_profile_is_the_default_with_classifier_free_guidance_for_autoguidance():
+    cfg = profile("mnist-cond")
+    assert cfg.data == Config().data and cfg.model == Config().model  # the default's digits, classes and U-Net
+    assert cfg.sample.guidance > 0 and not cfg.sample.autoguidance and cfg.train.autoguide_at is None
+    assert cfg.train.steps < Config().train.steps  # the guided step's second call is paid for in training
+
+
+def test_the_mnist_uncond_profile_is_the_default_without_classes():
+    cfg = profile("mnist-uncond")
+    assert cfg.model == dataclasses.replace(Config().model, num_classes=0)
+    assert cfg.data == Config().data and cfg.train == Config().train and cfg.sample.autoguidance == 2.0
 
 
 # ---------------------------------------------------------------------------- the DAG, conditional
