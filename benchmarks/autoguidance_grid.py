@@ -118,10 +118,9 @@ def main() -> None:
             return {"fid": float("nan"), "confident": float("nan")}
 
         split = load_split(args.workspace / "data/prepared/train.npz")
-        labels = split.labels if cfg.model.num_classes else None
         averaging = keeping_other_lengths(args.ema_lengths, args.every, cfg.train.steps, kept)
         with mock.patch("ddpm.train.AveragedModel", averaging):
-            result = train(cfg, split.images, labels=labels, probe=keep_ema, progress=False)
+            result = train(cfg, split.images, labels=split.labels, probe=keep_ema, progress=False)
         print(json.dumps({"train": result.timing, "kept": {str(s): sorted(k) for s, k in kept.items()}}), flush=True)
         args.cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save(kept, args.cache)

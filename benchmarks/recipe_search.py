@@ -86,8 +86,7 @@ def main() -> None:
                           load_split(args.workspace / "data/prepared/test.npz").images,
                           num_samples=cfg.train.eval_samples, steps=cfg.train.eval_steps,
                           confidence=cfg.evaluate.confidence, seed=cfg.seed)
-    result = train(cfg, split.images, labels=split.labels if cfg.model.num_classes else None, probe=probe,
-                   progress=False)
+    result = train(cfg, split.images, labels=split.labels, probe=probe, progress=False)
     row = {"name": args.name, "overrides": args.overrides, "train": {**result.stats, **result.timing},
            "evals": result.evals, "samplers": {}}
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
