@@ -43,7 +43,7 @@ prefect-server: $(STAMP)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
 serve-flows: $(STAMP)
-	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(BIN)/python -m pipeline.deployments
+	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(BIN)/python -m pipeline.flows.deployments
 
 # MLflow (README, "Experiment tracking and registry"): the UI over the project's tracking database
 # (sqlite:///mlflow.db, artifacts in mlruns/), and the champion generator served on 127.0.0.1.

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from ddpm.param_groups import PORTABLE_CPU_ENV
+from ddpm.config.groups import PORTABLE_CPU_ENV
 
 SETTINGS = {  # name: (environment added before torch loads, autocast bf16)
     "avx2 fp32 (default)": (PORTABLE_CPU_ENV, False),
@@ -34,7 +34,7 @@ def measure(bf16: bool, seconds: float) -> dict[str, float]:
 
     from ddpm.config import Config
     from ddpm.diffusion import GaussianDiffusion
-    from ddpm.feature_spaces import FidHelperInception
+    from ddpm.evaluation.feature_spaces import FidHelperInception
     from ddpm.sampling import generate
     from ddpm.unet import UNet
 

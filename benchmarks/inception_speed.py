@@ -1,4 +1,4 @@
-"""Inception feature extraction: the shipped TorchScript file against our eager network (ddpm.inception).
+"""Inception feature extraction: the shipped TorchScript file against our eager network (ddpm.evaluation.inception).
 
 Both run on the same digits in alternating rounds in one process; prints images/s of each at each
 batch size, the ratio, and the largest feature difference relative to the largest feature.
@@ -15,10 +15,10 @@ import time
 import torch
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
+from ddpm.config.groups import DataConfig
 from ddpm.data import load_splits
-from ddpm.feature_spaces import FidHelperInception, fid_helper_weights, verify_weights
-from ddpm.inception import load_torchscript
-from ddpm.param_groups import DataConfig
+from ddpm.evaluation.feature_spaces import FidHelperInception, fid_helper_weights, verify_weights
+from ddpm.evaluation.inception import load_torchscript
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     shipped = load_torchscript(verify_weights(fid_helper_weights()))
     ours = FidHelperInception(FidHelperInception.NAME, ["2048"])
 
-    def as_shipped(x: torch.Tensor) -> torch.Tensor:  # what feature_spaces.py ran before ddpm.inception
+    def as_shipped(x: torch.Tensor) -> torch.Tensor:  # what feature_spaces.py ran before ddpm.evaluation.inception
         x = interpolate_bilinear_2d_like_tensorflow1x(x.float(), size=(299, 299), align_corners=False)
         return shipped((x - 128.0) / 128.0)
 

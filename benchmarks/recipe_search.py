@@ -24,12 +24,13 @@ import numpy as np
 import yaml
 
 from ddpm.checkpoints import generator_from_state
-from ddpm.classifier import load_classifier
 from ddpm.config import Config, config_from_dict
 from ddpm.data import load_split
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.evaluation import Reference, TrainingProbe, coverage, evaluate_space
-from ddpm.feature_spaces import domain_space, extract, inception_space
+from ddpm.evaluation.classifier import load_classifier
+from ddpm.evaluation.feature_spaces import domain_space, extract, inception_space
+from ddpm.evaluation.scores import Reference, coverage, evaluate_space
+from ddpm.probe import TrainingProbe
 from ddpm.runtime import resolve_device
 from ddpm.sampling import generate
 from ddpm.train import train

@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ddpm.param_groups import PORTABLE_CPU_ENV
+from ddpm.config.groups import PORTABLE_CPU_ENV
 
 if "--native" not in sys.argv:  # before torch loads: it reads the variables once
     os.environ.update(PORTABLE_CPU_ENV)

@@ -16,14 +16,14 @@ def _pin_cpu_kernels() -> None:
     if "torch" in _sys.modules:
         return
     try:
-        from ddpm.params import load_yaml
+        from ddpm.config.parsing import load_yaml
 
         with open("params.yaml") as f:
             isa = ((load_yaml(f.read()) or {}).get("runtime") or {}).get("cpu_isa", "avx2")
     except Exception:  # missing, unreadable or malformed: the stage's config loader says what is wrong
         isa = "avx2"
     if isa != "native":
-        from ddpm.param_groups import PORTABLE_CPU_ENV  # torch-free, unlike ddpm.runtime
+        from ddpm.config.groups import PORTABLE_CPU_ENV  # torch-free, unlike ddpm.runtime
 
         _os.environ.update(PORTABLE_CPU_ENV)
 

@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from ddpm.classifier import classifier_state, predict, train_classifier
 from ddpm.config import Config
 from ddpm.data import floor_indices, load_split
+from ddpm.evaluation.classifier import classifier_state, predict, train_classifier
 from ddpm.io import save_torch, write_json
 from pipeline import paths
 from pipeline.stage import log, progress_enabled, run

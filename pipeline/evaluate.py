@@ -8,9 +8,15 @@ import numpy as np
 from ddpm.config import Config
 from ddpm.data import floor_indices, load_split
 from ddpm.errors import DataError
-from ddpm.evaluation import (PER_CLASS_FID_MIN_N, check_samples, conditional_accuracy, coverage, evaluate_space,
-                             fid_per_class)
-from ddpm.feature_spaces import extract
+from ddpm.evaluation.feature_spaces import extract
+from ddpm.evaluation.scores import (
+    PER_CLASS_FID_MIN_N,
+    check_samples,
+    conditional_accuracy,
+    coverage,
+    evaluate_space,
+    fid_per_class,
+)
 from ddpm.io import write_json
 from ddpm.runtime import resolve_device
 from pipeline import paths

@@ -1,4 +1,4 @@
-"""Write params.yaml for a profile: the defaults (src/ddpm/param_groups.py) with profiles/NAME.yaml on top.
+"""Write params.yaml for a profile: the defaults (src/ddpm/config/groups.py) with profiles/NAME.yaml on top.
 
     python -m pipeline.profile default        # embedded MNIST subset on 2 CPU cores (README, "Measured")
     python -m pipeline.profile tiny           # seconds; what the integration tests run

@@ -11,6 +11,7 @@ which changes with the tracking backend) change; a run takes its decision once.
 
 from ddpm.config import Config
 from ddpm.io import write_json
+from ddpm.tracking.names import redact
 from pipeline import paths
 from pipeline.run_logging import file_sha256, fingerprint, pipeline_run
 from pipeline.stage import log, read_json, run
@@ -28,7 +29,7 @@ def measurement(cfg: Config, evaluation: dict) -> dict:
 
 
 def promote(cfg: Config) -> None:
-    from ddpm.mlflow_client import flatten, redact, split_values
+    from ddpm.tracking.mlflow_client import flatten, split_values
 
     registered = read_json(paths.REGISTERED)
     evaluation, sample = read_json(paths.EVALUATE_METRICS), read_json(paths.SAMPLE_METRICS)

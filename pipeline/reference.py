@@ -8,7 +8,7 @@ import time
 
 from ddpm.config import Config
 from ddpm.data import floor_indices, load_split
-from ddpm.evaluation import compute_reference
+from ddpm.evaluation.scores import compute_reference
 from ddpm.io import atomic_dir
 from ddpm.runtime import resolve_device
 from pipeline import paths

@@ -3,7 +3,7 @@
 Idempotent and declared `always_changed` in registry/dvc.yaml: it asks the registry every time, so a
 registry that lacks the checkpoint (a new tracking server, a deleted mlflow.db, DVC's run-cache
 restoring train's outputs) gets it, and one that has it gets no second version. The question is
-first asked without MLflow (ddpm.registry_probe: sqlite3 on mlflow.db, or the server's REST API):
+first asked without MLflow (ddpm.tracking.registry_probe: sqlite3 on mlflow.db, or the server's REST API):
 when models/registered.json names this checkpoint and the registry still holds it as this stage
 leaves it, the stage ends there, in a fraction of a second and without rewriting its output, so a
 `dvc repro` with nothing new stays fast; otherwise MLflow registers what is missing.
@@ -17,12 +17,13 @@ from pathlib import Path
 import ddpm
 from ddpm.config import Config, config_from_checkpoint
 from ddpm.io import write_json
-from ddpm.registry_probe import CANDIDATE, Registration, logged_marker, redact, registry_holds
+from ddpm.tracking.names import CANDIDATE, logged_marker, redact
+from ddpm.tracking.registry_probe import Registration, registry_holds
 from pipeline import paths
 from pipeline.run_logging import pipeline_run, run_key, tracking_uri
 from pipeline.stage import log, run
 
-MODEL_CODE = Path(ddpm.__file__).parent / "generator_model.py"
+MODEL_CODE = Path(ddpm.__file__).parent / "tracking" / "generator_model.py"
 REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pyyaml", "tqdm")
 
 

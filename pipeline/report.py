@@ -15,19 +15,18 @@ from ddpm.checkpoints import load_ema_model
 from ddpm.config import Config
 from ddpm.data import load_split
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.figures import (
+from ddpm.io import write_text
+from ddpm.report.figures import (
     save_coverage_figure,
     save_loss_figure,
     save_sampler_sweep_figure,
     save_training_quality_figure,
     save_trajectory_figure,
 )
-from ddpm.io import write_text
-from ddpm.report import render_html, render_markdown
+from ddpm.report.render import render_html, render_markdown
 from ddpm.trajectory import forward_trajectory, one_per_class, reverse_trajectory
 from pipeline import paths
-from pipeline.flow_artifacts import mlflow_run_url
-from pipeline.run_logging import log_report, provenance
+from pipeline.run_logging import log_report, mlflow_run_url, provenance
 from pipeline.stage import log, read_json, read_loss_curve, read_train_eval, run
 
 TRAJECTORY_IMAGES = 4  # held-out digits in the forward rows, samples in the reverse rows

@@ -28,12 +28,12 @@ import yaml
 from ddpm.config import Config
 from ddpm.errors import DataError
 from ddpm.io import sha256_file
-from ddpm.registry_probe import redact
+from ddpm.tracking.names import redact, run_page_url
 from pipeline import paths
 from pipeline.stage import read_json, read_loss_curve, read_train_eval
 
 if TYPE_CHECKING:  # importing MLflow takes seconds: only the stages that log pay for it
-    from ddpm.mlflow_client import Tracker
+    from ddpm.tracking.mlflow_client import Tracker
 
 
 def file_sha256(path: Path) -> str:
@@ -65,7 +65,7 @@ def tracking_uri() -> tuple[str, str]:
 
 
 def connect(cfg: Config) -> Tracker:
-    from ddpm.mlflow_client import Tracker
+    from ddpm.tracking.mlflow_client import Tracker
 
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # a retry is not news; the failure is
     uri, where = tracking_uri()
@@ -84,7 +84,7 @@ class PipelineRun:
 @contextlib.contextmanager
 def pipeline_run(cfg: Config) -> Iterator[PipelineRun]:
     """The MLflow run of this pipeline state, created with the training side logged if it is new."""
-    from ddpm.mlflow_client import flatten, split_values
+    from ddpm.tracking.mlflow_client import flatten, split_values
 
     tracker = connect(cfg)
     key = run_key(cfg)
@@ -146,7 +146,7 @@ def lock_hash(stage: str, out: Path) -> str:
 
 def log_report(cfg: Config) -> None:
     """The report stage's files and the metrics only it reads (classifier, sampler sweep) into the run."""
-    from ddpm.mlflow_client import flatten, split_values
+    from ddpm.tracking.mlflow_client import flatten, split_values
 
     files = [paths.REPORT_MD, paths.REPORT_HTML, paths.LOSS_FIGURE]
 
@@ -158,3 +158,22 @@ def log_report(cfg: Config) -> None:
     with pipeline_run(cfg) as run:
         run.tracker.log_once(run.run_id, "report", fingerprint(*files, paths.CLASSIFIER_METRICS, paths.SWEEP_METRICS),
                              report)
+
+
+def mlflow_run_url(root: Path) -> str | None:
+    """The MLflow run of this pipeline state as a web link, or None.
+
+    The promote stage records the run in reports/metrics/registry.json ("tracking_uri", credentials
+    redacted, "experiment_id", "run_id"). Only an http(s) tracking server has a web page: the
+    project's local sqlite:///mlflow.db gives no link, and neither does a project promote has not run in.
+    """
+    try:
+        reference = json.loads((root / paths.REGISTRY_METRICS).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(reference, dict):
+        return None
+    uri, experiment, run = (reference.get(k) for k in ("tracking_uri", "experiment_id", "run_id"))
+    if not (uri and experiment is not None and run):
+        return None
+    return run_page_url(str(uri), experiment, run)

@@ -6,7 +6,7 @@ from ddpm.checkpoints import load_ema_model
 from ddpm.config import Config
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.io import save_npz, write_json
-from ddpm.report import save_grid
+from ddpm.report.grid import save_grid
 from ddpm.runtime import resolve_device
 from ddpm.sampling import generate, sample_labels
 from pipeline import paths

@@ -2,8 +2,8 @@
 
 from ddpm.config import Config
 from ddpm.errors import DataError
-from ddpm.evaluation import Reference
-from ddpm.feature_spaces import FeatureSpace, domain_space, inception_space
+from ddpm.evaluation.feature_spaces import FeatureSpace, domain_space, inception_space
+from ddpm.evaluation.scores import Reference
 from pipeline import paths
 
 

@@ -7,8 +7,8 @@ import time
 from ddpm.checkpoints import load_ema_model
 from ddpm.config import Config
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.evaluation import conditional_accuracy, fid_with_floor
-from ddpm.feature_spaces import extract
+from ddpm.evaluation.feature_spaces import extract
+from ddpm.evaluation.scores import conditional_accuracy, fid_with_floor
 from ddpm.io import write_csv, write_json
 from ddpm.runtime import resolve_device
 from ddpm.sampling import generate, sample_labels

@@ -1,11 +1,11 @@
 """Stage train: DDPM training -> models/checkpoint.pt, the loss curve, quality during training, metrics."""
 
 from ddpm.checkpoints import SnapshotStore, save_checkpoint
-from ddpm.classifier import load_classifier
 from ddpm.config import Config
 from ddpm.data import load_split
-from ddpm.evaluation import TrainingProbe
+from ddpm.evaluation.classifier import load_classifier
 from ddpm.io import write_csv, write_json
+from ddpm.probe import TrainingProbe
 from ddpm.runtime import distributed_from_env
 from ddpm.train import train
 from pipeline import paths

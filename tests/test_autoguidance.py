@@ -9,11 +9,11 @@ import torch
 
 from ddpm.checkpoints import SnapshotStore, load_ema_model, save_checkpoint
 from ddpm.config import Config, config_from_dict
+from ddpm.config.groups import DataConfig, DiffusionConfig, ModelConfig, SampleConfig, TrainConfig
 from ddpm.data import load_splits
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import CheckpointError, ConfigError
 from ddpm.guidance import AutoGuided, guided
-from ddpm.param_groups import DataConfig, DiffusionConfig, ModelConfig, SampleConfig, TrainConfig
 from ddpm.sampling import generate
 from ddpm.train import train
 from ddpm.unet import UNet

@@ -155,7 +155,7 @@ def test_prefect_flow_run_page_draws_the_task_graph(tracked_dag, prefect_ui, tmp
     monkeypatch.setenv("PREFECT_HOME", str(home))
     # --force report: the report is drawn again after register, so that it shows the stage times the other
     # tests compare it with
-    flow = [sys.executable, "-m", "pipeline.flows", "--project", str(tracked_dag.project), "--force", "report"]
+    flow = [sys.executable, "-m", "pipeline.flows.retrain", "--project", str(tracked_dag.project), "--force", "report"]
     tracked_dag.run(flow)
     [flow_run] = api_post(f"{api}/flow_runs/filter", {})
     tasks = api_post(f"{api}/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}})

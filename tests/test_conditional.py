@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from ddpm.config import Config, config_from_checkpoint, config_from_dict
+from ddpm.config.groups import DiffusionConfig, ModelConfig, SampleConfig
 from ddpm.data import check_num_classes
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import ConfigError
 from ddpm.guidance import drop_labels, guide, guided
-from ddpm.param_groups import DiffusionConfig, ModelConfig, SampleConfig
 from ddpm.sampling import generate, sample_labels
 from ddpm.train import train
 from ddpm.unet import UNet, count_parameters
@@ -218,7 +218,7 @@ def test_an_unconditional_model_refuses_labels_when_sampling(diffusion):
 
 # ---------------------------------------------------------------------------- the served generator
 def served(model, diffusion):
-    from ddpm.generator_model import DDPMGenerator
+    from ddpm.tracking.generator_model import DDPMGenerator
 
     generator = DDPMGenerator()  # what load_context builds from the checkpoint and the registered config
     generator.model, generator.diffusion, generator.device = model, diffusion, "cpu"
@@ -243,7 +243,7 @@ def test_the_served_model_honours_class_and_guidance(model, diffusion):
 def test_served_requests_check_class_against_the_model():
     from mlflow.exceptions import MlflowException
 
-    from ddpm.generator_model import request_config
+    from ddpm.tracking.generator_model import request_config
 
     defaults = SampleConfig()
     assert request_config({"num_samples": 2, "class": 7.0}, defaults, 1000, num_classes=10).classes == (7,)
@@ -262,7 +262,7 @@ def test_served_requests_check_class_against_the_model():
 
 # ---------------------------------------------------------------------------- evaluation and the profile
 def test_conditional_accuracy_by_hand():
-    from ddpm.evaluation import conditional_accuracy
+    from ddpm.evaluation.scores import conditional_accuracy
 
     names = ["zero", "one", "two"]
     # samples asked for 0, 0, 1, 1, 2, 2; the classifier says 0, 1, 1, 1, 2, 0
@@ -280,8 +280,8 @@ def test_conditional_accuracy_by_hand():
 
 
 def test_fid_per_class_compares_each_class_with_its_own_held_out_images():
-    from ddpm.evaluation import fid_per_class
-    from ddpm.metrics import frechet_distance, gaussian_stats
+    from ddpm.evaluation.metrics import frechet_distance, gaussian_stats
+    from ddpm.evaluation.scores import fid_per_class
 
     rng = np.random.default_rng(0)
     labels, test_labels = np.repeat([0, 1, 2], [60, 60, 10]), np.repeat([0, 1, 2], [70, 55, 70])

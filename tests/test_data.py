@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ddpm.config.groups import DataConfig
 from ddpm.data import floor_indices, load_split, load_splits, save_split, stratified_split
 from ddpm.errors import DataError
-from ddpm.param_groups import DataConfig
 
 
 def write_images(root, sizes_by_class):

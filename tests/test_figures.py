@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
+from ddpm.config.groups import ModelConfig, SampleConfig
 from ddpm.data import to_uint8_images
 from ddpm.diffusion import GaussianDiffusion, ddim_timesteps
-from ddpm.figures import (
+from ddpm.report.figures import (
     save_coverage_figure,
     save_loss_figure,
     save_sampler_sweep_figure,
     save_training_quality_figure,
     save_trajectory_figure,
 )
-from ddpm.param_groups import ModelConfig, SampleConfig
 from ddpm.schedules import cosine_betas
 from ddpm.trajectory import forward_trajectory, reverse_trajectory
 from ddpm.unet import UNet

@@ -25,12 +25,12 @@ from prefect import flow
 from prefect.states import Failed
 
 from ddpm.errors import ConfigError
-from pipeline.deployments import build, check_new_data
-from pipeline.dvc_bridge import StageDiverged, StageFailed, StageInputError, dvc_stages, run_stage, stage_error
-from pipeline.flow_artifacts import mlflow_run_url
-from pipeline.flows import retrain
+from pipeline.flows.deployments import build, check_new_data
+from pipeline.flows.dvc_bridge import StageDiverged, StageFailed, StageInputError, dvc_stages, run_stage, stage_error
+from pipeline.flows.retrain import retrain
+from pipeline.flows.workspace_lock import workspace_lock
 from pipeline.overrides import check_overrides, set_params
-from pipeline.workspace_lock import workspace_lock
+from pipeline.run_logging import mlflow_run_url
 from tests.helpers import ROOT, copy_project, declared_stages, env, run, use_profile
 from tests.mlflow_server import Server
 
@@ -282,7 +282,7 @@ def test_set_params_writes_through_dvc_and_keeps_the_file(plain_copy):
 
 
 def test_deployments_cli_rejects_bad_input_in_one_line(plain_copy, tmp_path, capsys):
-    from pipeline.deployments import main
+    from pipeline.flows.deployments import main
 
     for args, message in [
         (["--cron", "0 3 * *"], "--cron '0 3 * *' is not a cron expression: expected five fields"),
@@ -315,7 +315,7 @@ def test_the_mlflow_link_comes_from_the_promote_stages_record(tmp_path):
 def test_exit_codes_decide_what_is_retried():
     """A stage's EXIT_BAD_INPUT or EXIT_DIVERGED would fail again the same way: no retry, its own line is the
     message. A killed stage, DVC's lock or an unreachable tracking server (exit 75) are worth a retry."""
-    from pipeline.dvc_bridge import _retry_unless_deterministic
+    from pipeline.flows.dvc_bridge import _retry_unless_deterministic
 
     def failure(code, said):
         lines = ["Running stage 'train':", "> python -m pipeline.train", said,
@@ -564,7 +564,7 @@ def test_bad_override_fails_at_once(prefect_api, fresh_project):
 
 @slow
 def test_cli_bad_override_is_one_line_and_exit_code_2(prefect_api, fresh_project):
-    proc = run([sys.executable, "-m", "pipeline.flows", "--project", str(fresh_project), "-S", "train.stepz=3"],
+    proc = run([sys.executable, "-m", "pipeline.flows.retrain", "--project", str(fresh_project), "-S", "train.stepz=3"],
                cwd=ROOT, check=False)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == ("error: retrain: unknown parameter train.stepz in params.yaml: "
@@ -594,7 +594,7 @@ def test_bad_input_fails_its_stage_at_once_and_nothing_downstream_runs(prefect_a
 @slow
 def test_serve_registers_the_deployments_with_their_schedules(prefect_api, fresh_project):
     serve_env = {**env(), "PREFECT_API_URL": prefect_api}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.deployments", "--project", str(fresh_project)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.flows.deployments", "--project", str(fresh_project)], cwd=ROOT,
                             env=serve_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     found = {}
     try:
@@ -618,8 +618,8 @@ def test_serve_registers_the_deployments_with_their_schedules(prefect_api, fresh
     assert [(s.schedule.cron, s.active) for s in nightly.schedules] == [("0 3 * * *", True)]
     assert [(s.schedule.interval, s.active) for s in poll.schedules] == [(timedelta(minutes=15), True)]
     assert new_data.schedules == []
-    assert nightly.entrypoint == new_data.entrypoint == "pipeline.flows.retrain"
-    assert poll.entrypoint == "pipeline.deployments.check_new_data"
+    assert nightly.entrypoint == new_data.entrypoint == "pipeline.flows.retrain.retrain"
+    assert poll.entrypoint == "pipeline.flows.deployments.check_new_data"
     assert all(d.parameters == {"project_dir": str(fresh_project)} for d in found.values())
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from ddpm.metrics import class_coverage, frechet_distance, gaussian_stats, kid, precision_recall
+from ddpm.evaluation.metrics import class_coverage, frechet_distance, gaussian_stats, kid, precision_recall
 
 
 def frechet_by_matrix_sqrt(f1, f2):

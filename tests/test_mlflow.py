@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import yaml
 
-from ddpm.champion import gate
 from ddpm.config import config_from_dict
+from ddpm.config.groups import PORTABLE_CPU_ENV
 from ddpm.errors import ConfigError, TrackingUnavailable
-from ddpm.mlflow_client import Tracker, flatten, redact
-from ddpm.param_groups import PORTABLE_CPU_ENV
+from ddpm.tracking.champion import gate
+from ddpm.tracking.mlflow_client import Tracker, flatten, redact
 from pipeline.stage import EXIT_TEMPORARY
 from tests.helpers import copy_project, ran, run, use_profile
 from tests.mlflow_server import Server, free_port, mlflow_env, stop, wait_http
@@ -95,8 +95,8 @@ def test_credentials_never_reach_a_message():
 def test_served_requests_are_validated():
     from mlflow.exceptions import MlflowException
 
-    from ddpm.generator_model import request_config
-    from ddpm.param_groups import SampleConfig
+    from ddpm.config.groups import SampleConfig
+    from ddpm.tracking.generator_model import request_config
 
     registered = SampleConfig(sampler="dpmpp_2m", steps=20, seed=7)  # what the model was registered with
     cfg = request_config({"num_samples": 5, "seed": float("nan")}, registered, 1000)  # a missing cell

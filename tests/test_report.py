@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from ddpm.errors import DataError
-from ddpm.report import current_champion, render_html
+from ddpm.report.render import current_champion, render_html
 from tests.report_tables import numbers_outside_code, report_tables
 
 

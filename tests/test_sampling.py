@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from ddpm.config.groups import DiffusionConfig, ModelConfig, SampleConfig
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import CheckpointError
-from ddpm.param_groups import DiffusionConfig, ModelConfig, SampleConfig
 from ddpm.sampling import generate
 from ddpm.unet import UNet
 

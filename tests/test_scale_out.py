@@ -306,8 +306,8 @@ def test_a_process_worker_runs_the_retrain_deployment(prefect_server, process_wo
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-    from pipeline.dvc_bridge import dvc_stages
-    from pipeline.flows import retrain
+    from pipeline.flows.dvc_bridge import dvc_stages
+    from pipeline.flows.retrain import retrain
 
     home, api_url = prefect_server
     worker, worker_log = process_worker
@@ -325,7 +325,7 @@ def test_a_process_worker_runs_the_retrain_deployment(prefect_server, process_wo
                         raise AssertionError(f"no work pool {POOL}:\n{worker_log.read_text()[-3000:]}") from None
                     time.sleep(1)
         # the flow's code is the project copy (a set_working_directory pull step); project_dir defaults to it
-        deployment_id = retrain.from_source(source=str(project), entrypoint="pipeline/flows.py:retrain").deploy(
+        deployment_id = retrain.from_source(source=str(project), entrypoint="pipeline/flows/retrain.py:retrain").deploy(
             name="scale-out", work_pool_name=POOL, print_next_steps=False, ignore_warnings=True)
         # about 4 minutes on an idle 2-core machine; up to 30 where other jobs compete for the cores
         flow_run = run_deployment(deployment_id, timeout=3600, poll_interval=3)

@@ -12,11 +12,11 @@ import torch
 
 from ddpm.checkpoints import SnapshotStore, load_checkpoint, load_ema_model, save_checkpoint
 from ddpm.config import Config
+from ddpm.config.groups import DataConfig, DiffusionConfig, ModelConfig, TrainConfig
 from ddpm.data import load_splits
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import CheckpointError
 from ddpm.interrupts import TrainingInterrupted
-from ddpm.param_groups import DataConfig, DiffusionConfig, ModelConfig, TrainConfig
 from ddpm.runtime import autocast_dtype
 from ddpm.train import BatchSampler, train
 
@@ -222,7 +222,7 @@ def test_stage_entry_points_pin_cpu_kernels_before_torch_loads(tmp_path, params,
     import subprocess
     import sys
 
-    from ddpm.param_groups import PORTABLE_CPU_ENV
+    from ddpm.config.groups import PORTABLE_CPU_ENV
     from tests.helpers import ROOT
 
     (tmp_path / "params.yaml").write_text(params)

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ddpm.config.groups import DataConfig
 from ddpm.errors import ConfigError, DataError
-from ddpm.param_groups import DataConfig
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ddpm.param_groups import DiffusionConfig
+from ddpm.config.groups import DiffusionConfig
 from ddpm.schedules import make_betas
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> prediction

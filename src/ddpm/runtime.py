@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
+from ddpm.config.groups import PORTABLE_CPU_ENV
 from ddpm.errors import CheckpointError
-from ddpm.param_groups import PORTABLE_CPU_ENV
 
 
 def cpu_kernels_pinned() -> bool:

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ddpm.config.groups import SampleConfig
 from ddpm.data import to_uint8_images
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import CheckpointError
 from ddpm.guidance import guided
-from ddpm.param_groups import SampleConfig
 from ddpm.unet import UNet
 
 

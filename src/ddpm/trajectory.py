@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ddpm.config.groups import SampleConfig
 from ddpm.data import to_model_input, to_uint8_images
 from ddpm.diffusion import GaussianDiffusion, Model, ddim_timesteps
-from ddpm.param_groups import SampleConfig
 
 
 @dataclass

@@ -14,7 +14,7 @@ It sets the AVX2 pin of runtime.cpu_isa itself, since DDPM_SLOW_STEPS loads torc
 import os
 import signal
 
-from ddpm.param_groups import PORTABLE_CPU_ENV
+from ddpm.config.groups import PORTABLE_CPU_ENV
 
 os.environ.update(PORTABLE_CPU_ENV)  # the tiny profile's runtime.cpu_isa, before anything here loads torch
 _kill = os.environ.get("DDPM_KILL")

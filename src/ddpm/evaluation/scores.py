@@ -12,17 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy.special import softmax
 
-from ddpm.classifier import DomainClassifier, predict
-from ddpm.diffusion import GaussianDiffusion
+from ddpm.config.groups import EvaluateConfig
 from ddpm.errors import DataError
-from ddpm.feature_spaces import FeatureSpace, extract
+from ddpm.evaluation.feature_spaces import FeatureSpace, extract
+from ddpm.evaluation.metrics import (
+    class_coverage,
+    confident_share,
+    frechet_distance,
+    gaussian_stats,
+    kid,
+    precision_recall,
+)
 from ddpm.io import save_npz
-from ddpm.metrics import class_coverage, confident_share, frechet_distance, gaussian_stats, kid, precision_recall
-from ddpm.param_groups import EvaluateConfig, SampleConfig
-from ddpm.sampling import generate
 
 
 def check_samples(samples: np.ndarray, image_shape: tuple[int, ...]) -> None:
@@ -117,28 +120,6 @@ def coverage(logits: np.ndarray, test_labels: np.ndarray, class_names: list[str]
         out["confident_share_real"] = confident_share(real, confidence)
         out["n_real"] = len(real)
     return out
-
-
-class TrainingProbe:
-    """Quality while training: a fixed-seed batch of EMA samples scored in the domain space.
-
-    Draws `num_samples` images with DPM-Solver++(2M) in `steps` steps and reports their FID
-    against the held-out split (classifier features) and the share classified with probability
-    >= `confidence`. Small N biases FID upwards: the curve is for comparing steps of one run.
-    """
-
-    def __init__(self, classifier: DomainClassifier, test_images: np.ndarray, *, num_samples: int, steps: int,
-                 confidence: float, seed: int = 0):
-        self.classifier, self.confidence = classifier, confidence
-        self.test_stats = gaussian_stats(predict(classifier, test_images).features)
-        self.sample_cfg = SampleConfig(num_samples=num_samples, sampler="dpmpp_2m", steps=steps,
-                                       batch_size=num_samples, seed=seed)
-
-    def __call__(self, model: torch.nn.Module, diffusion: GaussianDiffusion, device: torch.device) -> dict[str, float]:
-        images = generate(model, diffusion, self.sample_cfg, device=device, progress=False)
-        scored = predict(self.classifier, images)
-        return {"fid": frechet_distance(gaussian_stats(scored.features), self.test_stats),
-                "confident": confident_share(scored.probs, self.confidence)}
 
 
 PER_CLASS_FID_MIN_N = 50  # fewer samples of a class: its Fréchet distance is mostly small-sample bias

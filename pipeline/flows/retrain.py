@@ -1,15 +1,15 @@
 """The Prefect flow `retrain`: params.yaml overrides, then every DVC stage as one task, in DVC's order.
 
-    python -m pipeline.flows                              # one retraining run ($PREFECT_API_URL)
-    python -m pipeline.flows -S train.steps=2000 -S data.source=folder -S data.root=/data/digits
-    python -m pipeline.deployments                        # serve the nightly / new-data deployments
+    python -m pipeline.flows.retrain                              # one retraining run ($PREFECT_API_URL)
+    python -m pipeline.flows.retrain -S train.steps=2000 -S data.source=folder -S data.root=/data/digits
+    python -m pipeline.flows.deployments                        # serve the nightly / new-data deployments
 
 A flow run works in the workspace, as `dvc exp run -S` does without --temp: overrides are written to
 params.yaml (pipeline/overrides.py), outputs and dvc.lock are updated in place, one run at a time
-(pipeline/workspace_lock.py; README, "Scheduled retraining"). The stages come from dvc.yaml and each
-runs as `dvc repro --single-item` (pipeline/dvc_bridge.py, which also decides what is retried). The
+(pipeline/flows/workspace_lock.py; README, "Scheduled retraining"). The stages come from dvc.yaml and each
+runs as `dvc repro --single-item` (pipeline/flows/dvc_bridge.py, which also decides what is retried). The
 flow stops at the first failed stage, as `dvc repro` does; at the end it publishes the report, the
-metrics and the link to the MLflow run (pipeline/flow_artifacts.py).
+metrics and the link to the MLflow run (pipeline/flows/artifacts.py).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from ddpm.errors import UserError
-from pipeline.dvc_bridge import StageDiverged, StageInputError, dvc_stages, run_stage
-from pipeline.flow_artifacts import publish_artifacts
+from pipeline.flows.artifacts import publish_artifacts
+from pipeline.flows.dvc_bridge import StageDiverged, StageInputError, dvc_stages, run_stage
+from pipeline.flows.workspace_lock import workspace_lock
 from pipeline.overrides import check_overrides, set_params
 from pipeline.stage import EXIT_BAD_INPUT, EXIT_DIVERGED
-from pipeline.workspace_lock import workspace_lock
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LOCK_TIMEOUT_S = 3600.0

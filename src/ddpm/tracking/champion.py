@@ -1,6 +1,6 @@
 """The champion gate's rule: whether a candidate model version replaces the champion, and why.
 
-Pure: the measurements arrive as dicts; ddpm.mlflow_client reads and moves the aliases.
+Pure: the measurements arrive as dicts; ddpm.tracking.mlflow_client reads and moves the aliases.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-# The champion gate's metrics, and whether lower is better (FID, KID) or higher (precision, recall).
-CHAMPION_METRICS = {"fid": "lower", "kid_mean": "lower", "precision": "higher", "recall": "higher"}
+from ddpm.config.groups import CHAMPION_METRICS
+
 
 def gate(candidate: str, measurement: dict[str, Any], champion: str | None,
          champion_measurement: dict[str, Any] | None) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The MLflow client of the pipeline: runs, logging, the model registry and its aliases.
 
 Library code: the tracking URI, the experiment and every file to log arrive as arguments
-(pipeline/run_logging.py knows the project's paths); the champion rule itself is ddpm.champion.
+(pipeline/run_logging.py knows the project's paths); the champion rule itself is ddpm.tracking.champion.
 Every MLflow failure becomes a one-line `TrackingError` that names MLFLOW_TRACKING_URI and the
 fix, and the HTTP client gives up within seconds when the server is down (MLflow's defaults
 retry for minutes); the MLFLOW_HTTP_REQUEST_* variables still override this. Telemetry is off, and
@@ -34,13 +34,10 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.entities.model_registry import ModelVersion  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
-from ddpm.champion import gate, gate_note  # noqa: E402
 from ddpm.errors import TrackingError, TrackingUnavailable  # noqa: E402
-from ddpm.registry_probe import CHECKPOINT_TAG, logged_marker, redact  # noqa: E402
+from ddpm.tracking.champion import gate, gate_note  # noqa: E402
+from ddpm.tracking.names import CHAMPION, CHECKPOINT_TAG, GATE_TAG, MEASUREMENT_TAG, logged_marker, redact  # noqa: E402
 
-CHAMPION = "champion"
-MEASUREMENT_TAG = "champion_measurement"  # on the champion: the measurement it won (or keeps) the alias with
-GATE_TAG = "ddpm.gate"  # on runs: the gate's decision for this run, as JSON
 _BATCH = 100  # MLflow's limit of params (and tags) per log_batch call
 
 

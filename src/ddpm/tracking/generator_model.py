@@ -43,8 +43,8 @@ def request_config(row: dict[str, Any], defaults, timesteps: int, num_classes: i
 
     `num_classes`: the model's classes (0: unconditional, which takes neither `class` nor `guidance`).
     """
+    from ddpm.config.groups import SampleConfig
     from ddpm.errors import ConfigError
-    from ddpm.param_groups import SampleConfig
 
     def bad(message: str) -> MlflowException:
         return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
@@ -91,8 +91,8 @@ def _is_label(value: Any, num_classes: int) -> bool:
 class DDPMGenerator(PythonModel):
     def load_context(self, context) -> None:
         from ddpm.checkpoints import load_ema_model
+        from ddpm.config.groups import SampleConfig
         from ddpm.diffusion import GaussianDiffusion
-        from ddpm.param_groups import SampleConfig
         from ddpm.runtime import resolve_device
 
         self.device = resolve_device(os.environ.get("DDPM_DEVICE", "auto"))

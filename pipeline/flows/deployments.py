@@ -1,7 +1,7 @@
 """Deployments of the retraining flow, served from this checkout: nightly, and when new data lands.
 
-    python -m pipeline.deployments                   # serve them (PREFECT_API_URL: make serve-flows)
-    python -m pipeline.deployments --project DIR     # for another checkout of the project
+    python -m pipeline.flows.deployments                   # serve them (PREFECT_API_URL: make serve-flows)
+    python -m pipeline.flows.deployments --project DIR     # for another checkout of the project
 
   retrain/nightly        cron 03:00 UTC: `dvc repro` stage by stage; DVC skips what did not change
   check-new-data/poll    every 15 minutes: compares the data source's checksum with the prepared
@@ -34,7 +34,7 @@ from ddpm.config import load_config
 from ddpm.data import describe, load_splits
 from ddpm.errors import UserError
 from pipeline import paths
-from pipeline.flows import project_root, retrain
+from pipeline.flows.retrain import project_root, retrain
 
 NIGHTLY_CRON = "0 3 * * *"  # 03:00 UTC
 CHECK_EVERY = timedelta(minutes=15)
@@ -95,7 +95,9 @@ def build(project_dir: str | Path | None = None, cron: str = NIGHTLY_CRON,
 def main(argv: list[str] | None = None) -> None:
     from prefect import serve
 
-    from pipeline.deployments import build  # not __main__'s copy: the entrypoints must name pipeline.deployments
+    from pipeline.flows.deployments import (
+        build,  # not __main__'s copy: the entrypoints must name pipeline.flows.deployments
+    )
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--project", default=None, help="project folder (default: this checkout)")

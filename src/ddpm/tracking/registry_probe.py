@@ -13,27 +13,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sqlite3
 import urllib.parse
 from dataclasses import dataclass
 
-CHECKPOINT_TAG = "checkpoint_sha256"  # on model versions: the SHA-256 of the checkpoint they hold
-CANDIDATE = "candidate"  # the alias of the version being evaluated
+from ddpm.tracking.names import CANDIDATE, CHECKPOINT_TAG, redact
+
 DELETED_STAGE = "Deleted_Internal"  # MLflow's SQL store keeps deleted versions with this stage
 TIMEOUT_S = 10.0  # a server slower than this gets the full registration, which has its own timeouts
 
 log = logging.getLogger(__name__)
-
-
-def redact(uri: str) -> str:
-    """The URI without credentials (user:password@host)."""
-    return re.sub(r"//[^/@]+@", "//***@", uri)
-
-
-def logged_marker(what: str) -> str:
-    """The run tag that records one logging step as done (ddpm.mlflow_client.Tracker.log_once)."""
-    return f"ddpm.logged.{what}"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """params.yaml -> frozen, typed, validated configuration: the groups together and the rules across them.
 
-Every knob of the pipeline lives in one of the dataclasses of ddpm.param_groups; their defaults
+Every knob of the pipeline lives in one of the dataclasses of ddpm.config.groups; their defaults
 are the default profile (the one `params.yaml` holds). `load_config` rejects unknown keys and
 out-of-range values with a `ConfigError` whose message names the key and the fix.
 """
@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ddpm.errors import ConfigError
-from ddpm.param_groups import (
+from ddpm.config.groups import (
     ClassifierConfig,
     DataConfig,
     DiffusionConfig,
@@ -25,7 +24,8 @@ from ddpm.param_groups import (
     TrackingConfig,
     TrainConfig,
 )
-from ddpm.params import build, plain, read_mapping
+from ddpm.config.parsing import build, plain, read_mapping
+from ddpm.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 LOCK = Path(".dvc/tmp/retrain.lock")  # .dvc/tmp is DVC's own scratch folder, ignored by git
 LOCK_OWNER = Path(".dvc/tmp/retrain.lock.json")  # who holds LOCK, for the waiting run's message
 
-log = logging.getLogger("pipeline.flows")
+log = logging.getLogger("pipeline.flows.retrain")
 
 
 class WorkspaceBusy(RuntimeError):

@@ -1,0 +1,1 @@
+"""Scoring generated images: the domain classifier, the Inception network, feature spaces, metrics with their data floors."""
