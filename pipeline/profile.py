@@ -1,6 +1,6 @@
 """Write params.yaml for a profile: the defaults (src/ddpm/config/groups.py) with profiles/NAME.yaml on top.
 
-    python -m pipeline.profile default        # embedded MNIST subset on 2 CPU cores (README, "Measured")
+    python -m pipeline.profile default        # embedded MNIST subset on 2 CPU cores (docs/results.md)
     python -m pipeline.profile tiny           # seconds; what the integration tests run
     python -m pipeline.profile mnist-cond     # the default, class-conditional with guidance
     python -m pipeline.profile cifar10-gpu    # the DDPM paper's 35.7M CIFAR-10 model, on a GPU
@@ -21,7 +21,7 @@ from pipeline.paths import PARAMS
 
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 HEADER = """\
-# Every knob of the pipeline, grouped by stage; README.md ("Parameters") explains each group.
+# Every knob of the pipeline, grouped by stage; docs/parameters.md explains each key.
 # Written by `python -m pipeline.profile {name}`; edit freely, or `dvc exp run -S key=value`.
 """
 
@@ -35,6 +35,18 @@ def merge(base: dict, override: dict, prefix: str = "") -> dict:
     return out
 
 
+class _BlockDumper(yaml.SafeDumper):
+    """Block style, one key per line (a diff of params.yaml shows the one key that changed); a list of
+    plain values stays on its key's line."""
+
+    def represent_list(self, data: list) -> yaml.Node:
+        flow = all(not isinstance(item, (dict, list)) for item in data)
+        return self.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_BlockDumper.add_representer(list, _BlockDumper.represent_list)
+
+
 def render(name: str) -> str:
     from ddpm.config import Config
 
@@ -44,7 +56,7 @@ def render(name: str) -> str:
         raise ConfigError(f"no profile {name!r}: choose one of {', '.join(names)}")
     params = merge(Config().to_dict(), yaml.safe_load(path.read_text()) or {})
     config_from_dict(params)  # validate before writing
-    return HEADER.format(name=name) + yaml.safe_dump(params, sort_keys=False, default_flow_style=None)
+    return HEADER.format(name=name) + yaml.dump(params, Dumper=_BlockDumper, sort_keys=False, default_flow_style=False)
 
 
 def main(argv: list[str] | None = None) -> None:

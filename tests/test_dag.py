@@ -85,3 +85,27 @@ def test_every_module_a_stage_runs_is_one_of_its_deps(stage):
     assert not missing, f"dvc.yaml: stage {stage} runs {', '.join(missing)}, which its deps do not list: add them"
     gone = sorted(d for d in deps if d.endswith(".py") and not (ROOT / d).is_file())
     assert not gone, f"dvc.yaml: stage {stage} lists deps that do not exist: {', '.join(gone)}"
+
+
+def declared_paths(spec: dict) -> set[str]:
+    """The files and folders a stage declares it writes: outs, metrics and plots."""
+    found = set()
+    for key in ("outs", "metrics", "plots"):
+        for entry in spec.get(key, []):
+            found.update(entry if isinstance(entry, dict) else [entry])
+    return found
+
+
+def test_the_paths_the_stages_write_are_the_paths_dvc_yaml_declares():
+    """pipeline/paths.py and dvc.yaml each name every output: they must name the same files."""
+    from pipeline import paths
+
+    declared = set().union(*(declared_paths(spec) for spec in STAGES.values()))
+    named = {str(v) for v in vars(paths).values() if isinstance(v, Path)}
+    assert declared <= named, f"dvc.yaml declares outputs pipeline/paths.py does not name: {sorted(declared - named)}"
+    # the project's own files and folders, and what DVC leaves alone: run state, timings, the MLflow store
+    not_outputs = {paths.PARAMS, paths.REPORTS, paths.METRICS, paths.FIGURES, paths.RESUME, paths.TIMING,
+                   paths.MLFLOW_DB, paths.MLFLOW_ARTIFACTS}
+    inside_an_out = {p for p in named if any(Path(d) in Path(p).parents for d in declared)}  # data/prepared/*.npz
+    undeclared = named - declared - inside_an_out - {str(p) for p in not_outputs}
+    assert not undeclared, f"pipeline/paths.py names outputs no stage declares: {sorted(undeclared)}"
