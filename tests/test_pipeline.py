@@ -94,3 +94,31 @@ def test_changing_a_sampling_parameter_reruns_only_what_follows(first_repro, pro
     shown = dvc(project, "metrics", "show").stdout
     assert "domain.fid" in shown and "domain.floor.kid_mean" in shown and "train.final_loss" in shown
     assert json.loads((project / "reports/metrics/sample.json").read_text())["sample"]["steps"] == 3
+
+
+def stages_marked_changed(project: Path) -> set[str]:
+    """The stages `dvc status` says have a changed dependency ("registry/dvc.yaml:register" as "register")."""
+    status = json.loads(dvc(project, "status", "--json").stdout or "{}")
+    return {name.rpartition(":")[2] for name, changes in status.items()
+            if any("changed deps" in change for change in changes if isinstance(change, dict))}
+
+
+# (module, the stages that import it): an edit to one of these re-runs these stages and no other
+TOUCHED = [
+    ("src/ddpm/tracking/champion.py", {"register", "promote", "report"}),  # rewording the gate re-trains nothing
+    # (register runs on every `dvc repro` anyway: it asks the registry)
+    ("src/ddpm/evaluation/inception.py", {"reference", "evaluate", "sweep"}),  # nor does an Inception edit
+    ("src/ddpm/report/render.py", {"report"}),  # the renderer is the report's alone
+    ("src/ddpm/unet.py", {"train", "register", "sample", "sweep", "report"}),  # the model: not the scores
+]
+
+
+def test_touching_a_module_marks_only_the_stages_that_import_it(first_repro, project, tmp_path):
+    project = Path(shutil.copytree(project, tmp_path / "p", symlinks=True))
+    assert stages_marked_changed(project) == set()
+    for module, stages in TOUCHED:
+        path = project / module
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n# touched\n")
+        assert stages_marked_changed(project) == stages, module
+        path.write_bytes(original)
