@@ -33,7 +33,7 @@ test: $(STAMP)
 profile: $(STAMP)
 	$(BIN)/python -m pipeline.profile $(NAME)
 
-# Prefect (README, "Scheduled retraining"): the server and UI on 127.0.0.1, then, in a second
+# Prefect (docs/orchestration.md): the server and UI on 127.0.0.1, then, in a second
 # shell, the deployments served from this checkout. State lives in $PREFECT_HOME (~/.prefect).
 PREFECT_PORT ?= 4200
 .PHONY: prefect-server serve-flows
@@ -45,7 +45,7 @@ prefect-server: $(STAMP)
 serve-flows: $(STAMP)
 	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(BIN)/python -m pipeline.flows.deployments
 
-# MLflow (README, "Experiment tracking and registry"): the UI over the project's tracking database
+# MLflow (docs/tracking.md): the UI over the project's tracking database
 # (sqlite:///mlflow.db, artifacts in mlruns/), and the champion generator served on 127.0.0.1.
 # serve-model resolves the alias through MLFLOW_TRACKING_URI when it is set (a server has its own UI).
 MLFLOW_PORT ?= 5000

@@ -65,11 +65,11 @@ def evaluate(cfg: Config) -> dict:
     write_json(paths.EVALUATE_METRICS, metrics)
     if "coverage" in metrics:
         c = metrics["coverage"]
-        log.info("%.1f%% confidently classified (real unseen digits: %.1f%%); missing classes: %s",
+        log.info("%.1f%% confidently classified (real held-out images: %.1f%%); missing classes: %s",
                  100 * c["confident_share"], 100 * c["confident_share_real"], ", ".join(c["missing_classes"]) or "none")
     if "conditional" in metrics:
         c = metrics["conditional"]
-        log.info("conditional accuracy %.1f%% (the classifier on real unseen digits: %.1f%%)",
+        log.info("conditional accuracy %.1f%% (the classifier on real held-out images: %.1f%%)",
                  100 * c["accuracy"], 100 * c["accuracy_real"])
     return timing
 

@@ -1,4 +1,4 @@
-"""Scale-out on real engines, run here (issue 15): what the README's "Scale-out" paragraphs tell a team to do.
+"""Scale-out on real engines, run here (issue 15): what docs/tracking.md, docs/dvc.md and docs/orchestration.md tell a team to do.
 
 - MLflow with a PostgreSQL backend store: a throwaway PostgreSQL cluster (Debian's server binaries, on
   127.0.0.1), a real `mlflow server` on it, the tiny DAG tracked there; the registry is read back with SQL.

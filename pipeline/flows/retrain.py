@@ -6,7 +6,7 @@
 
 A flow run works in the workspace, as `dvc exp run -S` does without --temp: overrides are written to
 params.yaml (pipeline/overrides.py), outputs and dvc.lock are updated in place, one run at a time
-(pipeline/flows/workspace_lock.py; README, "Scheduled retraining"). The stages come from dvc.yaml and each
+(pipeline/flows/workspace_lock.py; docs/orchestration.md). The stages come from dvc.yaml and each
 runs as `dvc repro --single-item` (pipeline/flows/dvc_bridge.py, which also decides what is retried). The
 flow stops at the first failed stage, as `dvc repro` does; at the end it publishes the report, the
 metrics and the link to the MLflow run (pipeline/flows/artifacts.py).

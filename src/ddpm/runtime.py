@@ -51,7 +51,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16 autocast where the hardware does bf16 natively; "auto" picks it only there.
 
     Without native bf16 (AVX2-only CPUs, or kernels pinned to AVX2) oneDNN falls back to
-    reference convolutions far slower than fp32 (README, "Precision and CPU kernels"), so "auto" keeps fp32 there;
+    reference convolutions far slower than fp32 (docs/reproducibility.md), so "auto" keeps fp32 there;
     "bf16" is bf16 everywhere.
     """
     if precision == "fp32":

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------- settings
 def build_optimizer(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW with the fused kernel on CPU and GPU alike: one pass over all parameters instead of a
-    kernel per tensor (the measured gain: README, "Benchmarks")."""
+    kernel per tensor (the measured gain: docs/results.md)."""
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
 
 

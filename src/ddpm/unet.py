@@ -37,7 +37,7 @@ class Dropout(nn.Dropout):
     """nn.Dropout whose CPU mask is drawn as random 31-bit integers >= round(p * 2^31).
 
     That is a Bernoulli(1 - p) mask (p rounded to a multiple of 2^-31), drawn faster on CPU than
-    aten's `bernoulli_` or uniform floats (README, "Benchmarks"). On GPU, the fused native dropout
+    aten's `bernoulli_` or uniform floats (docs/results.md). On GPU, the fused native dropout
     kernel is already the fast path.
     """
 

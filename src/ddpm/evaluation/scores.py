@@ -110,7 +110,7 @@ def coverage(logits: np.ndarray, test_labels: np.ndarray, class_names: list[str]
              real_logits: np.ndarray | None = None) -> dict:
     """Class verdicts of the domain classifier on the samples against the data's class shares.
 
-    `real_logits` (real images the classifier never saw) give the share of real digits it
+    `real_logits` (real images the classifier never saw) give the share of real images it
     classifies confidently: the yardstick for the samples' share.
     """
     probs = softmax(np.asarray(logits, dtype=np.float64), axis=1)

@@ -71,9 +71,9 @@ def _conditional_lines(conditional: dict, guided: dict, sample: dict) -> list[st
             f"Conditional accuracy: {_fmt(conditional['accuracy'])} of {conditional['n_samples']} samples "
             f"(classifier-free guidance w = {sample['guidance']:g}, autoguidance w = {sample['autoguidance']:g}) are "
             "classified by the domain classifier as the class they were "
-            f"drawn for, against {_fmt(conditional.get('accuracy_real'))} of {conditional.get('n_real')} real digits "
+            f"drawn for, against {_fmt(conditional.get('accuracy_real'))} of {conditional.get('n_real')} real images "
             "it never saw (its own errors count against the samples too).", "",
-            "| class | samples classified as their class | real digits | FID against the held-out digits of the "
+            "| class | samples classified as their class | real images | FID against the held-out images of the "
             "class |", "|---|---|---|---|",
             *[f"| {name} | {_fmt(v['samples'])} | {_fmt(v.get('real'))} | {_fmt(v.get('fid'))} |"
               for name, v in conditional["per_class"].items()], "",
@@ -162,7 +162,7 @@ def render_markdown(*, params: dict, data_meta: dict, metrics: dict[str, dict], 
         f"## Samples ({sample.get('n')} drawn with {sample.get('sampler')}, {sample.get('steps')} steps, "
         "EMA weights)", "", f"![samples]({figures['samples']})", "",
         "## Denoising trajectory", "", f"![denoising trajectory]({figures['trajectory']})", "",
-        "Top: the forward process x_t ~ q(x_t | x_0) on held-out digits (one noise draw per digit), t rising through "
+        "Top: the forward process x_t ~ q(x_t | x_0) on held-out images (one noise draw per image), t rising through "
         f"the timesteps the sampler visits (T = {params['diffusion']['timesteps']}). Bottom: the reverse process "
         f"with the sample stage's settings ({sp['sampler']}, {sp['steps']} steps, seed {sp['seed']}, EMA weights), "
         "from pure noise to the sample: each step's input x_t above the model's prediction x̂_0 of the clean image. "
@@ -196,7 +196,7 @@ def render_markdown(*, params: dict, data_meta: dict, metrics: dict[str, dict], 
             f"{_fmt(coverage.get('confident_share'))} of {coverage.get('n_samples')} samples are confidently "
             f"classified (p ≥ {params['evaluate']['confidence']}), against "
             f"{_fmt(coverage.get('confident_share_real'))} "
-            f"of {coverage.get('n_real')} real digits the classifier never saw; class-share total variation "
+            f"of {coverage.get('n_real')} real images the classifier never saw; class-share total variation "
             f"{_fmt(coverage.get('class_share_tv'))} (0 = the data's shares). Missing classes: "
             f"{', '.join(coverage.get('missing_classes', [])) or 'none'}.", "",
             "| class | share of samples | share of data |", "|---|---|---|",
