@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.checkpoints import SnapshotStore, load_checkpoint, load_ema_model, save_checkpoint
+from ddpm.checkpoints import SnapshotStore, load_checkpoint, load_ema_weights, save_checkpoint
 from ddpm.config import Config
 from ddpm.config.groups import DataConfig, DiffusionConfig, ModelConfig, TrainConfig
 from ddpm.data import load_splits
@@ -112,7 +112,7 @@ def test_quality_probe_leaves_training_unchanged_and_keep_best_serves_the_best(t
 def test_power_ema_weights_the_run_as_edm2_says():
     """After n updates with beta_s = (1 - 1/s)^(gamma + 1), update s weighs (1 - beta_s)(s/n)^(gamma + 1),
     the weights sum to 1, and sigma_rel maps to gamma by EDM2's eq. 3 (sigma_rel 0.05 <-> gamma ~ 16.97)."""
-    from ddpm.train import ema_beta, power_ema_gamma
+    from ddpm.ema import ema_beta, power_ema_gamma
 
     gamma = power_ema_gamma(0.05)
     assert (gamma + 1) / ((gamma + 2) ** 2 * (gamma + 3)) == pytest.approx(0.05**2, rel=1e-9)
@@ -179,7 +179,7 @@ def test_divergence_fails_clearly_before_a_snapshot_is_written(tmp_path, images)
 def test_ema_model_round_trips_through_the_checkpoint(tmp_path, images):
     result = train(CFG, images, progress=False)
     save_checkpoint(tmp_path / "c.pt", result.checkpoint)
-    model, cfg = load_ema_model(tmp_path / "c.pt")
+    model, _, cfg = load_ema_weights(tmp_path / "c.pt")
     assert cfg.training_dict() == CFG.training_dict()
     x, t = torch.randn(2, 1, 28, 28), torch.tensor([3, 40])
     result.ema.eval()

@@ -26,6 +26,7 @@ from ddpm.checkpoints import CHECKPOINT_FORMAT, SnapshotStore
 from ddpm.config import Config
 from ddpm.data import check_num_classes, to_model_input
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.ema import ema_beta, power_ema_gamma
 from ddpm.errors import ConfigError
 from ddpm.guidance import drop_labels
 from ddpm.interrupts import TrainingInterrupted, stop_requests
@@ -96,27 +97,6 @@ def lr_lambda(warmup_steps: int, total_steps: int, decay: str = "constant") -> C
         return 1.0
 
     return factor
-
-
-def power_ema_gamma(sigma_rel: float) -> float:
-    """The exponent gamma of the power-function EMA whose profile has relative std sigma_rel.
-
-    EDM2 (Karras et al. 2024, eq. 3): sigma_rel^2 = (gamma + 1) / ((gamma + 2)^2 (gamma + 3)),
-    i.e. the largest real root of gamma^3 + 7 gamma^2 + (16 - t) gamma + 12 - t, t = sigma_rel^-2.
-    """
-    t = sigma_rel**-2
-    return float(np.roots([1.0, 7.0, 16.0 - t, 12.0 - t]).real.max())
-
-
-def ema_beta(step: int, decay: float, gamma: float | None) -> float:
-    """The EMA's decay at its `step`-th update (1-based): constant, or (1 - 1/step)^(gamma + 1).
-
-    The power form weights the weights after update s by (1 - beta_s) (s / n)^(gamma + 1) after
-    n updates, about (gamma + 1) s^gamma / n^(gamma + 1): an average over a fixed share of the run.
-    """
-    if gamma is None:
-        return decay
-    return (1.0 - 1.0 / step) ** (gamma + 1.0)
 
 
 # ---------------------------------------------------------------------------- training
