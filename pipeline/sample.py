@@ -2,7 +2,7 @@
 
 import time
 
-from ddpm.checkpoints import load_ema_model
+from ddpm.checkpoints import load_ema_weights
 from ddpm.config import Config
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.io import save_npz, write_json
@@ -15,12 +15,12 @@ from pipeline.stage import log, progress_enabled, run
 
 def sample(cfg: Config) -> dict:
     device = resolve_device(cfg.runtime.device)
-    model, trained = load_ema_model(paths.CHECKPOINT, device, cfg.sample.autoguidance)
+    ema, guide, trained = load_ema_weights(paths.CHECKPOINT, device)
     diffusion = GaussianDiffusion.from_config(trained.diffusion)
     t0 = time.perf_counter()
-    images = generate(model, diffusion, cfg.sample, device=device, progress=progress_enabled())
+    images = generate(ema, diffusion, cfg.sample, guide=guide, device=device, progress=progress_enabled())
     wall = time.perf_counter() - t0
-    labels = sample_labels(cfg.sample, model.num_classes)  # a conditional model's: sample i's class
+    labels = sample_labels(cfg.sample, ema.num_classes)  # a conditional model's: sample i's class
     save_npz(paths.SAMPLES, images=images, **({} if labels is None else {"labels": labels}))
     save_grid(paths.SAMPLE_GRID, images[: cfg.sample.grid_size])
     steps = diffusion.num_timesteps if cfg.sample.sampler == "ddpm" else cfg.sample.steps

@@ -4,7 +4,7 @@ for a class-conditional model, FID and conditional accuracy against the guidance
 import dataclasses
 import time
 
-from ddpm.checkpoints import load_ema_model
+from ddpm.checkpoints import load_ema_weights
 from ddpm.config import Config
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.evaluation.feature_spaces import extract
@@ -24,14 +24,14 @@ def sweep(cfg: Config) -> dict:
     space = feature_space(cfg, sw.space)
     ref = load_reference(cfg, sw.space)
     device = resolve_device(cfg.runtime.device)
-    model, trained = load_ema_model(paths.CHECKPOINT, device, cfg.sample.autoguidance)
+    ema, guide, trained = load_ema_weights(paths.CHECKPOINT, device)
     diffusion = GaussianDiffusion.from_config(trained.diffusion)
 
     def draw(**settings):
         sample_cfg = dataclasses.replace(cfg.sample, num_samples=sw.num_samples, batch_size=sw.batch_size,
                                          seed=sw.seed, **settings)
         t0 = time.perf_counter()
-        images = generate(model, diffusion, sample_cfg, device=device, progress=progress_enabled())
+        images = generate(ema, diffusion, sample_cfg, guide=guide, device=device, progress=progress_enabled())
         return sample_cfg, images, len(images) / (time.perf_counter() - t0)
 
     settings = [(sampler, steps) for sampler in sw.samplers for steps in sorted(set(sw.steps))]
@@ -47,15 +47,15 @@ def sweep(cfg: Config) -> dict:
                  row["fid_floor"], sw.space, row["n_samples"], per_s)
 
     guided = []  # a conditional model: the fidelity/diversity trade-off of classifier-free guidance
-    if model.num_classes:
+    if ema.num_classes:
         domain = feature_space(cfg, "domain")  # conditional accuracy is the domain classifier's verdict
-        classes = [str(c) for c in range(model.num_classes)]  # the overall share needs labels, not names
+        classes = [str(c) for c in range(ema.num_classes)]  # the overall share needs labels, not names
         for w in sorted(set(sw.guidance)):
             sample_cfg, images, per_s = draw(guidance=w)
             feats = extract(space, images, device=str(device), batch_size=cfg.evaluate.batch_size)
             logits = (feats if sw.space == "domain" else
                       extract(domain, images, device=str(device), batch_size=cfg.evaluate.batch_size))["logits"]
-            accuracy = conditional_accuracy(logits, sample_labels(sample_cfg, model.num_classes), classes)
+            accuracy = conditional_accuracy(logits, sample_labels(sample_cfg, ema.num_classes), classes)
             row = {"guidance": w, **fid_with_floor(feats, ref, space.primary), "accuracy": accuracy["accuracy"],
                    "space": sw.space}
             guided.append({k: row[k] for k in GUIDANCE_COLUMNS})

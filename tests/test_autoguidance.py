@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.checkpoints import SnapshotStore, load_ema_model, save_checkpoint
+from ddpm.checkpoints import SnapshotStore, load_ema_weights, save_checkpoint
 from ddpm.config import Config, config_from_dict
 from ddpm.config.groups import DataConfig, DiffusionConfig, ModelConfig, SampleConfig, TrainConfig
 from ddpm.data import load_splits
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import CheckpointError, ConfigError
-from ddpm.guidance import AutoGuided, guided
+from ddpm.guidance import sampler_model
 from ddpm.sampling import generate
 from ddpm.train import train
 from ddpm.unet import UNet
@@ -41,15 +41,16 @@ def unet(num_classes: int, seed: int) -> UNet:
 
 
 @pytest.mark.parametrize("num_classes", [0, 10])
-def test_autoguided_is_one_plus_w_model_minus_w_guide(num_classes):
+def test_the_sampler_model_is_one_plus_w_ema_minus_w_guide(num_classes):
     good, weak = unet(num_classes, 0), unet(num_classes, 1)
     x, t = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2)), torch.tensor([1, 20, 45])
     y = torch.tensor([3, 0, 9]) if num_classes else None
     with torch.no_grad():
-        out = AutoGuided(good, weak, 1.5)(x, t, y)
+        out = sampler_model(good, weak, autoguidance=1.5, labels=y)(x, t)
         torch.testing.assert_close(out, 2.5 * good(x, t, y) - 1.5 * weak(x, t, y))
+        assert torch.equal(sampler_model(good, weak, labels=y)(x, t), good(x, t, y))  # w = 0: the EMA alone
         if num_classes:  # with classifier-free guidance on top: each model guided by its own null class
-            both = guided(AutoGuided(good, weak, 1.5), y, 2.0, null_class=10)(x, t)
+            both = sampler_model(good, weak, autoguidance=1.5, labels=y, guidance=2.0)(x, t)
             cfg = lambda m: 3.0 * m(x, t, y) - 2.0 * m(x, t, torch.full_like(y, 10))  # noqa: E731
             torch.testing.assert_close(both, 2.5 * cfg(good) - 1.5 * cfg(weak))
 
@@ -80,18 +81,15 @@ def test_sampling_with_autoguidance_uses_the_guide_and_w_zero_is_the_ema_alone(t
     result = train(CFG, images, progress=False)
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, result.checkpoint)
-    ema, trained = load_ema_model(path)
-    guided_model, _ = load_ema_model(path, autoguidance=2.0)
-    assert isinstance(guided_model, AutoGuided) and guided_model.weight == 2.0
-    assert not guided_model.training and not guided_model.guide_model.training
+    ema, guide, trained = load_ema_weights(path)
+    assert guide is not None and not ema.training and not guide.training
     diffusion = GaussianDiffusion.from_config(trained.diffusion)
-    cfg = SampleConfig(num_samples=4, steps=5, batch_size=4, seed=7)
+    cfg = SampleConfig(num_samples=4, steps=5, batch_size=4, seed=7, autoguidance=0.0)
     plain = generate(ema, diffusion, cfg, progress=False)
-    auto = generate(guided_model, diffusion, dataclasses.replace(cfg, autoguidance=2.0), progress=False)
+    auto = generate(ema, diffusion, dataclasses.replace(cfg, autoguidance=2.0), guide=guide, progress=False)
     assert plain.shape == auto.shape and not np.array_equal(plain, auto)
     # the guide is the step-4 EMA, so it differs from the final one, and w = 0 is the final EMA's bytes
-    assert np.array_equal(generate(AutoGuided(ema, guided_model.guide_model, 0.0), diffusion, cfg, progress=False),
-                          plain)
+    assert np.array_equal(generate(ema, diffusion, cfg, guide=guide, progress=False), plain)
 
 
 def test_autoguidance_without_guide_weights_fails_clearly(tmp_path, images):
@@ -99,10 +97,12 @@ def test_autoguidance_without_guide_weights_fails_clearly(tmp_path, images):
                                 sample=dataclasses.replace(CFG.sample, autoguidance=0.0))
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, train(plain, images, progress=False, max_steps=2).checkpoint)
+    ema, guide, trained = load_ema_weights(path)  # a run without a guide loads (its sampling defaults ask for none)
+    assert trained.train.autoguide_at is None and trained.sample.autoguidance == 0.0 and isinstance(ema, UNet)
+    assert guide is None
+    diffusion = GaussianDiffusion.from_config(trained.diffusion)
     with pytest.raises(CheckpointError, match=r"keeps no weights to autoguide with: set train\.autoguide_at"):
-        load_ema_model(path, autoguidance=1.0)
-    model, trained = load_ema_model(path)  # a run without a guide loads (its sampling defaults ask for none)
-    assert trained.train.autoguide_at is None and trained.sample.autoguidance == 0.0 and isinstance(model, UNet)
+        generate(ema, diffusion, SampleConfig(num_samples=2, steps=2, autoguidance=1.0), progress=False)
 
 
 @pytest.mark.parametrize("raw, match", [

@@ -15,6 +15,7 @@ from ddpm.data import check_num_classes
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import ConfigError
 from ddpm.guidance import drop_labels, guide, guided
+from ddpm.samplers import sample
 from ddpm.sampling import generate, sample_labels
 from ddpm.train import train
 from ddpm.unet import UNet, count_parameters
@@ -127,11 +128,12 @@ def test_guiding_v_is_guiding_eps():
 
 @pytest.mark.parametrize("sampler, eta", [("ddpm", 0.0), ("ddim", 1.0), ("dpmpp_2m", 0.0)])
 def test_guidance_zero_is_conditional_sampling_byte_for_byte(model, diffusion, sampler, eta):
-    cfg = SampleConfig(num_samples=6, sampler=sampler, steps=4, eta=eta, batch_size=6, seed=3, classes=(7, 2))
+    cfg = SampleConfig(num_samples=6, sampler=sampler, steps=4, eta=eta, batch_size=6, seed=3, classes=(7, 2),
+                       autoguidance=0.0)
     images = generate(model, diffusion, cfg, progress=False)
     labels = torch.tensor([7, 2] * 3)
-    x = diffusion.sample(lambda x_t, t: model(x_t, t, labels), (6, 1, 8, 8), sampler=sampler, steps=4, eta=eta,
-                         generator=torch.Generator().manual_seed(3))
+    x = sample(lambda x_t, t: model(x_t, t, labels), diffusion, (6, 1, 8, 8), sampler=sampler, steps=4, eta=eta,
+               generator=torch.Generator().manual_seed(3))
     expected = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     assert images.tobytes() == expected.tobytes()
     guided_images = generate(model, diffusion, SampleConfig(**{**cfg.__dict__, "guidance": 3.0}), progress=False)
@@ -221,8 +223,8 @@ def served(model, diffusion):
     from ddpm.tracking.generator_model import DDPMGenerator
 
     generator = DDPMGenerator()  # what load_context builds from the checkpoint and the registered config
-    generator.model, generator.diffusion, generator.device = model, diffusion, "cpu"
-    generator.defaults = SampleConfig(steps=4, seed=5)
+    generator.ema, generator.guide, generator.diffusion, generator.device = model, None, diffusion, "cpu"
+    generator.defaults = SampleConfig(steps=4, seed=5, autoguidance=0.0)
     return generator
 
 
@@ -232,9 +234,9 @@ def test_the_served_model_honours_class_and_guidance(model, diffusion):
     images = generator.predict(None, rows)
     assert images.shape == (5, 8, 8, 1)
     seven = generate(model, diffusion, SampleConfig(num_samples=3, batch_size=3, steps=4, seed=5, classes=(7,),
-                                                    guidance=1.0), progress=False)
-    three = generate(model, diffusion, SampleConfig(num_samples=2, batch_size=2, steps=4, seed=5, classes=(3,)),
-                     progress=False)
+                                                    guidance=1.0, autoguidance=0.0), progress=False)
+    three = generate(model, diffusion, SampleConfig(num_samples=2, batch_size=2, steps=4, seed=5, classes=(3,),
+                                                    autoguidance=0.0), progress=False)
     np.testing.assert_array_equal(images, np.concatenate([seven, three]))
     other = generator.predict(None, pd.DataFrame([{"num_samples": 3, "class": 2, "guidance": 1.0}]))
     assert not np.array_equal(other, seven)

@@ -1,4 +1,5 @@
-"""The diffusion maths against closed forms computed independently in float64."""
+"""The diffusion maths and the DDPM and DDIM steps against closed forms computed independently in float64;
+DPM-Solver++ and the sampling loop are in tests/test_sampling.py."""
 
 import math
 
@@ -6,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.diffusion import GaussianDiffusion, ddim_timesteps
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.samplers import ddim_step, ddim_timesteps, ddpm_step, sample
 from ddpm.schedules import cosine_alphas_cumprod, cosine_betas, linear_betas
 
 T = 1000
@@ -15,7 +17,7 @@ T = 1000
 @pytest.fixture(params=["linear", "cosine"])
 def diffusion(request):
     betas = linear_betas(T) if request.param == "linear" else cosine_betas(T)
-    return GaussianDiffusion(betas)
+    return GaussianDiffusion(betas, "eps")
 
 
 def test_linear_schedule_endpoints():
@@ -28,7 +30,7 @@ def test_linear_schedule_endpoints():
 
 def test_cosine_alphas_cumprod_matches_formula():
     s = 0.008
-    d = GaussianDiffusion(cosine_betas(T, s))
+    d = GaussianDiffusion(cosine_betas(T, s), "eps")
     f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
     for t in [1, 10, 250, 500, 900, 990]:  # paper t; code index t - 1
         assert d.alphas_cumprod[t - 1].item() == pytest.approx(f(t) / f(0), rel=1e-12)
@@ -83,6 +85,7 @@ def test_parameterisations_round_trip(diffusion):
     torch.testing.assert_close(diffusion.predict_x0_from_v(xt, t, diffusion.velocity(x0, t, eps)), x0)
 
 
+# ---------------------------------------------------------------------------- DDPM and DDIM steps
 def test_one_ddpm_step_matches_ho_et_al_equation(diffusion):
     """x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t) + sigma_t z, sigma_t^2 = beta_t."""
     torch.manual_seed(2)
@@ -91,25 +94,25 @@ def test_one_ddpm_step_matches_ho_et_al_equation(diffusion):
     model = lambda x, t: eps  # noqa: E731  a fixed eps prediction
     for t in [1, 10, 400, 999]:
         gen = torch.Generator().manual_seed(t)
-        got = diffusion.p_sample(model, xt, t, generator=gen, variance="beta", clip_denoised=False)
+        got, _ = ddpm_step(model, diffusion, xt, t, generator=gen, variance="beta", clip_denoised=False)
         z = torch.randn(xt.shape, generator=torch.Generator().manual_seed(t), dtype=xt.dtype)
         beta, alpha, abar = (diffusion.betas[t].item(), diffusion.alphas[t].item(),
                              diffusion.alphas_cumprod[t].item())
         expected = (xt - beta / math.sqrt(1 - abar) * eps) / math.sqrt(alpha) + math.sqrt(beta) * z
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
     # sigma^2 = beta~ gives the posterior variance instead; t = 0 adds no noise
-    got0 = diffusion.p_sample(model, xt, 0, variance="beta_tilde", clip_denoised=False)
+    got0, _ = ddpm_step(model, diffusion, xt, 0, variance="beta_tilde", clip_denoised=False)
     expected0 = (xt - diffusion.betas[0].item() / math.sqrt(1 - diffusion.alphas_cumprod[0].item()) * eps) \
         / math.sqrt(diffusion.alphas[0].item())
     torch.testing.assert_close(got0, expected0)
 
 
 def test_ddim_eta0_is_deterministic_and_eta1_is_not():
-    d = GaussianDiffusion(cosine_betas(100))
+    d = GaussianDiffusion(cosine_betas(100), "eps")
     model = lambda x, t: 0.1 * x  # noqa: E731
     noise = torch.randn(5, 1, 4, 4)
-    run = lambda eta, seed: d.sample(model, noise.shape, sampler="ddim", steps=10, eta=eta,  # noqa: E731
-                                     noise=noise, generator=torch.Generator().manual_seed(seed))
+    run = lambda eta, seed: sample(model, d, noise.shape, sampler="ddim", steps=10, eta=eta,  # noqa: E731
+                                   noise=noise, generator=torch.Generator().manual_seed(seed))
     torch.testing.assert_close(run(0.0, 0), run(0.0, 1), rtol=0, atol=0)
     assert not torch.allclose(run(1.0, 0), run(1.0, 1))
 
@@ -128,8 +131,8 @@ def test_one_ddim_step_matches_song_et_al_equation_12(diffusion, eta):
         z = torch.randn(xt.shape, generator=torch.Generator().manual_seed(t), dtype=xt.dtype)
         expected = (math.sqrt(a_prev) * (xt - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
                     + math.sqrt(1 - a_prev - sigma**2) * eps + sigma * z)
-        got = diffusion.ddim_step(model, xt, t, t_prev, eta=eta, clip_denoised=False,
-                                  generator=torch.Generator().manual_seed(t))
+        got, _ = ddim_step(model, diffusion, xt, t, t_prev, eta=eta, clip_denoised=False,
+                           generator=torch.Generator().manual_seed(t))
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
 
 
@@ -139,10 +142,10 @@ def test_ddim_with_every_timestep_and_eta1_is_the_ddpm_step(diffusion):
     xt = torch.randn(4, 2, dtype=torch.float64)
     model = lambda x, t: 0.3 * x + 0.1  # noqa: E731  any eps-model
     for t in [1, 2, 100, 500, 998]:
-        ddim = diffusion.ddim_step(model, xt, t, t - 1, eta=1.0, clip_denoised=False,
-                                   generator=torch.Generator().manual_seed(t))
-        ddpm = diffusion.p_sample(model, xt, t, variance="beta_tilde", clip_denoised=False,
-                                  generator=torch.Generator().manual_seed(t))
+        ddim, _ = ddim_step(model, diffusion, xt, t, t - 1, eta=1.0, clip_denoised=False,
+                            generator=torch.Generator().manual_seed(t))
+        ddpm, _ = ddpm_step(model, diffusion, xt, t, variance="beta_tilde", clip_denoised=False,
+                            generator=torch.Generator().manual_seed(t))
         torch.testing.assert_close(ddim, ddpm, rtol=1e-9, atol=1e-9)
 
 
@@ -164,7 +167,8 @@ def test_clip_denoised_clips_x0_and_the_posterior_mean_follows(diffusion):
                      + math.sqrt(alpha) * (1 - abar_prev) / (1 - abar) * xt)
     torch.testing.assert_close(mean, expected_mean, rtol=1e-12, atol=1e-12)
     # the DDIM step uses the clipped x0 and the eps that goes with it
-    got = diffusion.ddim_step(model, xt, t, t - 1, eta=0.0, clip_denoised=True)
+    got, x0_step = ddim_step(model, diffusion, xt, t, t - 1, eta=0.0, clip_denoised=True)
+    torch.testing.assert_close(x0_step, x0_raw.clamp(-1, 1))
     eps_clipped = (xt - math.sqrt(abar) * x0_raw.clamp(-1, 1)) / math.sqrt(1 - abar)
     torch.testing.assert_close(got, math.sqrt(abar_prev) * x0_raw.clamp(-1, 1)
                                + math.sqrt(1 - abar_prev) * eps_clipped, rtol=1e-12, atol=1e-12)
@@ -238,7 +242,7 @@ def test_min_snr_loss_is_min_snr_times_the_x0_error(prediction):
 def test_lognormal_timestep_probs_are_edm_noise_levels_rounded_to_the_chain():
     """Draws of ln sigma ~ N(P_mean, P_std^2), each rounded to the nearest ln sigma_t, land on t as often as
     lognormal_timestep_probs says."""
-    d = GaussianDiffusion(cosine_betas(T))
+    d = GaussianDiffusion(cosine_betas(T), "eps")
     p_mean, p_std = -1.2, 1.2
     probs = d.lognormal_timestep_probs(p_mean, p_std)
     assert probs.shape == (T,) and probs.sum().item() == pytest.approx(1.0, abs=1e-12)
@@ -276,127 +280,3 @@ def test_edm_preconditioning_with_unit_sigma_data_is_v_prediction():
     weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
     edm_loss = (weight * (edm_x0 - x0).square()).mean()
     assert d.training_loss(lambda *_: v_hat, x0, t, noise).item() == pytest.approx(edm_loss.item(), rel=1e-6)
-
-
-# ---------------------------------------------------------------------------- DPM-Solver++(2M)
-def test_dpmpp_2m_first_and_second_step_by_hand():
-    """Lu et al. 2022, Algorithm 2: the first step is first order (= DDIM, eta = 0), the second adds
-    the finite-difference correction D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}."""
-    d = GaussianDiffusion(cosine_betas(1000), prediction="x0")
-    torch.manual_seed(4)
-    x = torch.randn(3, 2, dtype=torch.float64)
-    predictions = {600: torch.randn(3, 2, dtype=torch.float64), 400: torch.randn(3, 2, dtype=torch.float64)}
-    model = lambda x_t, tt: predictions[int(tt[0])]  # noqa: E731
-
-    def alpha_sigma_lambda(t):
-        abar = d.alphas_cumprod[t].item()
-        return math.sqrt(abar), math.sqrt(1 - abar), math.log(math.sqrt(abar) / math.sqrt(1 - abar))
-
-    a6, s6, l6 = alpha_sigma_lambda(600)
-    a4, s4, l4 = alpha_sigma_lambda(400)
-    a2, s2, l2 = alpha_sigma_lambda(200)
-    x1, state = d.dpmpp_2m_step(model, x, 600, 400, clip_denoised=False)
-    h1 = l4 - l6
-    torch.testing.assert_close(x1, s4 / s6 * x - a4 * (math.exp(-h1) - 1) * predictions[600], rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(x1, d.ddim_step(model, x, 600, 400, eta=0.0, clip_denoised=False))
-
-    x2, _ = d.dpmpp_2m_step(model, x1, 400, 200, previous=state, clip_denoised=False)
-    h2 = l2 - l4
-    r = h1 / h2
-    corrected = (1 + 1 / (2 * r)) * predictions[400] - 1 / (2 * r) * predictions[600]
-    torch.testing.assert_close(x2, s2 / s4 * x1 - a2 * (math.exp(-h2) - 1) * corrected, rtol=1e-12, atol=1e-12)
-    # the last two steps are first order: into t = 0, and from there to the data prediction (abar = 1)
-    x0_step, _ = d.dpmpp_2m_step(model, x1, 400, 0, previous=state, clip_denoised=False)
-    torch.testing.assert_close(x0_step, d.ddim_step(model, x1, 400, 0, eta=0.0, clip_denoised=False))
-    x_end, _ = d.dpmpp_2m_step(model, x2, 400, -1, previous=state, clip_denoised=False)
-    torch.testing.assert_close(x_end, predictions[400])
-
-
-def _gaussian_data_x0_model(d: GaussianDiffusion, mu: float, s: float):
-    """E[x0 | x_t] for x0 ~ N(mu, s^2): the exact denoiser, so the samplers solve the exact PF-ODE."""
-    def model(x_t, tt):
-        abar = d.alphas_cumprod[tt].reshape(-1, *([1] * (x_t.dim() - 1)))
-        return mu + abar.sqrt() * s**2 / (abar * s**2 + 1 - abar) * (x_t - abar.sqrt() * mu)
-    return model
-
-
-def test_dpmpp_2m_converges_to_the_probability_flow_ode_solution_faster_than_ddim():
-    """For Gaussian data the PF-ODE keeps (x_t - sqrt(abar) mu) / sqrt(abar s^2 + 1 - abar) fixed, so
-    its solution from x at t0 is mu + s (x - sqrt(abar_t0) mu) / sqrt(abar_t0 s^2 + 1 - abar_t0). Both
-    samplers converge to it; DPM-Solver++(2M), a second-order method, with far fewer steps."""
-    d = GaussianDiffusion(cosine_betas(1000), prediction="x0")
-    mu, s = 0.3, 0.5
-    model = _gaussian_data_x0_model(d, mu, s)
-    x = torch.randn(256, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-    errors = {}
-    for sampler in ("ddim", "dpmpp_2m"):
-        for steps in (10, 20, 100):
-            abar0 = d.alphas_cumprod[ddim_timesteps(1000, steps)[0]].item()
-            exact = mu + s * (x - math.sqrt(abar0) * mu) / math.sqrt(abar0 * s**2 + 1 - abar0)
-            got = d.sample(model, x.shape, sampler=sampler, steps=steps, noise=x, clip_denoised=False)
-            errors[sampler, steps] = (got - exact).abs().max().item()
-    # measured: DDIM 0.19, 0.097, 0.020; DPM-Solver++(2M) 0.059, 0.0014, 0.0009
-    for steps in (10, 20, 100):
-        assert errors["dpmpp_2m", steps] < errors["ddim", steps] / 3
-    assert errors["dpmpp_2m", 20] < 5e-3 and errors["ddim", 100] < 3e-2
-    # DDIM is first order: 5x the steps cut its error about 5x
-    assert 3 < errors["ddim", 20] / errors["ddim", 100] < 7
-
-
-# ---------------------------------------------------------------------------- SDE-DPM-Solver++(2M)
-def test_dpmpp_2m_sde_first_step_is_ddim_eta1_and_second_step_by_hand():
-    """Lu et al. 2022, sec. 5: x_prev = (sigma_prev / sigma_t) e^-h x_t + alpha_prev (1 - e^-2h) D
-    + sigma_prev sqrt(1 - e^-2h) z, with the data term D of DPM-Solver++(2M). Its first-order step has
-    DDIM's eta = 1 mean and variance, so with the same noise it is DDIM's step exactly."""
-    d = GaussianDiffusion(cosine_betas(1000), prediction="x0")
-    torch.manual_seed(8)
-    x = torch.randn(3, 2, dtype=torch.float64)
-    predictions = {600: torch.randn(3, 2, dtype=torch.float64), 400: torch.randn(3, 2, dtype=torch.float64)}
-    model = lambda x_t, tt: predictions[int(tt[0])]  # noqa: E731
-    seeded = lambda seed: torch.Generator().manual_seed(seed)  # noqa: E731
-
-    def alpha_sigma_lambda(t):
-        abar = d.alphas_cumprod[t].item()
-        return math.sqrt(abar), math.sqrt(1 - abar), math.log(math.sqrt(abar) / math.sqrt(1 - abar))
-
-    (_, s6, l6), (a4, s4, l4), (a2, s2, l2) = alpha_sigma_lambda(600), alpha_sigma_lambda(400), alpha_sigma_lambda(200)
-    x1, state = d.dpmpp_2m_step(model, x, 600, 400, sde=True, generator=seeded(1), clip_denoised=False)
-    h1 = l4 - l6
-    z1 = torch.randn(x.shape, generator=seeded(1), dtype=x.dtype)
-    expected1 = (s4 / s6 * math.exp(-h1) * x + a4 * (1 - math.exp(-2 * h1)) * predictions[600]
-                 + s4 * math.sqrt(1 - math.exp(-2 * h1)) * z1)
-    torch.testing.assert_close(x1, expected1, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(x1, d.ddim_step(model, x, 600, 400, eta=1.0, generator=seeded(1), clip_denoised=False))
-
-    x2, _ = d.dpmpp_2m_step(model, x1, 400, 200, previous=state, sde=True, generator=seeded(2), clip_denoised=False)
-    h2 = l2 - l4
-    r = h1 / h2
-    corrected = (1 + 1 / (2 * r)) * predictions[400] - 1 / (2 * r) * predictions[600]
-    z2 = torch.randn(x.shape, generator=seeded(2), dtype=x.dtype)
-    expected2 = (s2 / s4 * math.exp(-h2) * x1 + a2 * (1 - math.exp(-2 * h2)) * corrected
-                 + s2 * math.sqrt(1 - math.exp(-2 * h2)) * z2)
-    torch.testing.assert_close(x2, expected2, rtol=1e-12, atol=1e-12)
-    # the end of the chain is the data prediction, with no noise added
-    x_end, _ = d.dpmpp_2m_step(model, x2, 400, -1, previous=state, sde=True, generator=seeded(3), clip_denoised=False)
-    torch.testing.assert_close(x_end, predictions[400], rtol=0, atol=0)
-
-
-def test_dpmpp_2m_sde_samples_the_data_distribution_closer_than_ddim_eta1():
-    """With the exact denoiser of x0 ~ N(mu, s^2), the reverse SDE's samples are N(mu, s^2) whatever the
-    start (it forgets that x_T ~ N(0, I) is not quite q(x_T)); its discretisations miss s by an error that
-    shrinks with the steps. Measured (these 50,000 draws): std error DDIM eta = 1 -0.109 and -0.039 at 10 and
-    40 steps; SDE-DPM-Solver++(2M) -0.013 and +0.010."""
-    d = GaussianDiffusion(cosine_betas(1000), prediction="x0")
-    mu, s = 0.3, 0.5
-    model = _gaussian_data_x0_model(d, mu, s)
-    errors = {}
-    for sampler, eta in (("ddim", 1.0), ("dpmpp_2m_sde", 0.0)):
-        for steps in (10, 40):
-            x = d.sample(model, (50_000, 1), sampler=sampler, steps=steps, eta=eta, clip_denoised=False,
-                         generator=torch.Generator().manual_seed(9))
-            x = x.double()
-            assert abs(x.mean().item() - mu) < 0.01, (sampler, steps, x.mean().item())
-            errors[sampler, steps] = abs(x.std().item() - s)
-    assert errors["dpmpp_2m_sde", 10] < errors["ddim", 10] / 4
-    assert errors["dpmpp_2m_sde", 40] < errors["ddim", 40] / 2.5
-    assert errors["dpmpp_2m_sde", 40] < 0.02 and errors["ddim", 40] < errors["ddim", 10] / 2

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from ddpm import samplers
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.schedules import cosine_betas
 from ddpm.unet import timestep_embedding
@@ -42,12 +43,12 @@ def setup():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     data = two_moons(4000, rng)
-    return GaussianDiffusion(cosine_betas(100)), data, two_moons(1000, rng)
+    return GaussianDiffusion(cosine_betas(100), "eps"), data, two_moons(1000, rng)
 
 
 def sample(diffusion, model, sampler, n=1000):
     with torch.no_grad():
-        return diffusion.sample(model, (n, 2), sampler=sampler, steps=25, clip_denoised=False,
+        return samplers.sample(model, diffusion, (n, 2), sampler=sampler, steps=25, clip_denoised=False,
                                 generator=torch.Generator().manual_seed(1))
 
 

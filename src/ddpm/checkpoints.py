@@ -1,4 +1,4 @@
-"""Training checkpoints: the format, atomic saving, checked loading, the EMA generator, snapshots.
+"""Training checkpoints: the format, atomic saving, checked loading, the EMA weights sampling takes, snapshots.
 
 A checkpoint is a plain dict of tensors and Python values (no pickled code: loaded with
 weights_only=True): the format number, the training parameters it was made with (`config`,
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -44,26 +44,25 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def load_ema_model(path: str | Path, device: torch.device | str = "cpu",
-                   autoguidance: float = 0.0) -> tuple[torch.nn.Module, Config]:
-    """The EMA generator (a UNet) and the configuration it was trained with; with autoguidance w > 0, the generator
-    guided by the run's earlier EMA weights that the checkpoint keeps (ddpm.guidance.AutoGuided)."""
-    return generator_from_state(load_checkpoint(path), device, autoguidance, source=f"checkpoint {path}")
+class EMAWeights(NamedTuple):
+    """What sampling takes from a checkpoint; ddpm.guidance.sampler_model composes the model from it."""
+
+    ema: UNet
+    guide: UNet | None  # the EMA weights at train.autoguide_at, that autoguidance guides with; None without it
+    config: Config  # the configuration the weights were trained with
 
 
-def generator_from_state(state: dict[str, Any], device: torch.device | str = "cpu", autoguidance: float = 0.0,
-                         source: str = "this training run") -> tuple[torch.nn.Module, Config]:
-    """load_ema_model for a checkpoint's state already in memory (a TrainResult's `checkpoint`)."""
+def load_ema_weights(path: str | Path, device: torch.device | str = "cpu") -> EMAWeights:
+    """The EMA U-Net of a checkpoint file, its guide's and its training configuration, in eval mode on `device`."""
+    return ema_weights_from_state(load_checkpoint(path), device)
+
+
+def ema_weights_from_state(state: dict[str, Any], device: torch.device | str = "cpu") -> EMAWeights:
+    """load_ema_weights for a checkpoint's state already in memory (a TrainResult's `checkpoint`)."""
     cfg = config_from_checkpoint(state["config"])
-    model = _ema_unet(cfg, state["ema"], device)
-    if not autoguidance:
-        return model, cfg
-    if state.get("guide") is None:
-        raise CheckpointError(f"{source} keeps no weights to autoguide with: set train.autoguide_at "
-                              "(e.g. 0.33) and retrain, or set sample.autoguidance: 0")
-    from ddpm.guidance import AutoGuided
-
-    return AutoGuided(model, _ema_unet(cfg, state["guide"], device), autoguidance).eval(), cfg
+    guide = state.get("guide")
+    return EMAWeights(_ema_unet(cfg, state["ema"], device),
+                      None if guide is None else _ema_unet(cfg, guide, device), cfg)
 
 
 def _ema_unet(cfg: Config, ema_state: dict[str, Any], device: torch.device | str) -> UNet:

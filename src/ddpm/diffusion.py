@@ -1,8 +1,9 @@
-"""Gaussian diffusion: the forward process, the loss and the samplers (DDPM, DDIM, DPM-Solver++ ODE and SDE).
+"""Gaussian diffusion: the forward process, its posterior, the parameterisations and the loss; the samplers
+that run the reverse process on it are in ddpm.samplers.
 
 Symbols follow Ho et al. 2020 (DDPM), Nichol & Dhariwal 2021 (cosine schedule, v/x0 notes),
-Song et al. 2020 (DDIM), Salimans & Ho 2022 (v), Hang et al. 2023 (min-SNR) and Lu et al. 2022
-(DPM-Solver++); the schedules are in ddpm.schedules. Index t in code runs 0..T-1 and stands for the paper's t = 1..T.
+Salimans & Ho 2022 (v), Hang et al. 2023 (min-SNR) and Lu et al. 2022 (lambda); the schedules are in
+ddpm.schedules. Index t in code runs 0..T-1 and stands for the paper's t = 1..T.
 Every schedule quantity is computed once in float64 and cast to the input's dtype on use.
 
     q(x_t | x_0)        = N(sqrt(abar_t) x_0, (1 - abar_t) I)
@@ -19,27 +20,13 @@ from typing import Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ddpm.config.groups import DiffusionConfig
 from ddpm.schedules import make_betas
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> prediction
 Prediction = Literal["eps", "v", "x0"]
-Sampler = Literal["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde"]
-
-
-# ---------------------------------------------------------------------------- sampling timesteps
-def ddim_timesteps(timesteps: int, steps: int) -> list[int]:
-    """The DDIM sub-sequence tau, descending: `steps` evenly spaced timesteps starting at 0.
-
-    As in Song et al.'s code (t = 0, c, 2c, ...), the last index T - 1 is not visited when
-    steps < T: with the cosine schedule abar_{T-1} is ~0, and predicting x_0 there would
-    amplify the model's error by 1 / sqrt(abar_{T-1}).
-    """
-    if not 1 <= steps <= timesteps:
-        raise ValueError(f"{steps} sampling steps on a {timesteps}-step chain: use 1 to {timesteps}")
-    return sorted({int(i * timesteps // steps) for i in range(steps)}, reverse=True)
+Variance = Literal["beta", "beta_tilde"]  # sigma_t^2 of a DDPM step
 
 
 def _extract(a: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -49,7 +36,12 @@ def _extract(a: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- diffusion
 class GaussianDiffusion:
-    def __init__(self, betas: np.ndarray, prediction: Prediction = "eps"):
+    """The chain of `betas` for a network that predicts `prediction` (eps, v or x0).
+
+    `prediction` has no default: a network read as predicting what it does not samples noise, and nothing fails.
+    """
+
+    def __init__(self, betas: np.ndarray, prediction: Prediction):
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or not ((betas > 0) & (betas < 1)).all():
             raise ValueError("betas must be a 1-D array in (0, 1)")
@@ -208,7 +200,7 @@ class GaussianDiffusion:
     # -- reverse process -------------------------------------------------------------------
     def p_mean_variance(
         self, model: Model, x_t: torch.Tensor, t: torch.Tensor, *,
-        variance: Literal["beta", "beta_tilde"] = "beta", clip_denoised: bool = True,
+        variance: Variance = "beta", clip_denoised: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean and log-variance of p(x_{t-1} | x_t), and x0_hat. sigma_t^2 = beta_t or beta~_t."""
         x0, _ = self.predict_x0_eps(model(x_t, t), x_t, t, clip_denoised)
@@ -216,113 +208,7 @@ class GaussianDiffusion:
         log_var = _extract(self.log_betas_large, t, x_t) if variance == "beta" else log_var_tilde
         return mean, log_var, x0
 
-    @torch.no_grad()
-    def p_sample(
-        self, model: Model, x_t: torch.Tensor, t: int, *, generator: torch.Generator | None = None,
-        variance: Literal["beta", "beta_tilde"] = "beta", clip_denoised: bool = True,
-    ) -> torch.Tensor:
-        """One ancestral step x_t -> x_{t-1} = mu_theta + sigma_t z (no noise at t = 0)."""
-        tt = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
-        mean, log_var, _ = self.p_mean_variance(model, x_t, tt, variance=variance, clip_denoised=clip_denoised)
-        if t == 0:
-            return mean
-        z = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
-        return mean + torch.exp(0.5 * log_var) * z
-
-    @torch.no_grad()
-    def ddim_step(
-        self, model: Model, x_t: torch.Tensor, t: int, t_prev: int, *, eta: float = 0.0,
-        generator: torch.Generator | None = None, clip_denoised: bool = True,
-    ) -> torch.Tensor:
-        """x_{t_prev} = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_hat + sigma z.
-
-        sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev); t_prev = -1
-        means the final step to x_0 (abar_prev = 1).
-        """
-        tt = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
-        x0, eps = self.predict_x0_eps(model(x_t, tt), x_t, tt, clip_denoised)
-        abar_t = self.alphas_cumprod[t].item()
-        abar_prev = self.alphas_cumprod[t_prev].item() if t_prev >= 0 else 1.0
-        sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar_t)) * math.sqrt(1 - abar_t / abar_prev)
-        x_prev = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - sigma**2, 0.0)) * eps
-        if sigma > 0:
-            x_prev = x_prev + sigma * torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
-        return x_prev
-
-    @torch.no_grad()
-    def dpmpp_2m_step(
-        self, model: Model, x_t: torch.Tensor, t: int, t_prev: int, *,
-        previous: tuple[torch.Tensor, int] | None = None, sde: bool = False,
-        generator: torch.Generator | None = None, clip_denoised: bool = True,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, int]]:
-        """One DPM-Solver++(2M) step x_t -> x_{t_prev} (Lu et al. 2022, Algorithm 2), or with `sde` one
-        step of SDE-DPM-Solver++(2M) (the same paper, sec. 5; diffusers' "sde-dpmsolver++", midpoint).
-
-        With alpha = sqrt(abar), sigma = sqrt(1 - abar), lambda = log(alpha / sigma) and
-        h = lambda_prev - lambda_t:
-
-            x_prev = (sigma_prev / sigma_t) x_t - alpha_prev (e^-h - 1) D                 ODE
-            x_prev = (sigma_prev / sigma_t) e^-h x_t - alpha_prev (e^-2h - 1) D
-                     + sigma_prev sqrt(1 - e^-2h) z,  z ~ N(0, I)                         SDE
-            D = x0_hat                                     first order (ODE: DDIM with eta = 0; SDE: eta = 1)
-            D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_hat_before  second order, r = h_before / h
-
-        `previous` is what the step before returned, (x0_hat, t) of that step, or None. The first
-        step is first order, and so are the last two, as diffusers' `lower_order_final` does: the
-        step to t_prev = -1 (abar = 1, lambda infinite) ends at the data prediction, and the step
-        into t_prev = 0 (1 - abar_0 ~ 4e-5) is the long final jump in lambda, where extrapolating
-        x0_hat linearly in lambda overshoots (on Gaussian data: 6x the first-order error at 10 steps).
-        Returns x_prev and the state for the next step.
-        """
-        tt = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
-        x0, _ = self.predict_x0_eps(model(x_t, tt), x_t, tt, clip_denoised)
-        state = (x0, t)
-        if t_prev < 0:
-            return x0, state
-        lam_t, lam_prev = self.half_log_snr(t), self.half_log_snr(t_prev)
-        h = lam_prev - lam_t
-        data = x0
-        if previous is not None and t_prev > 0:
-            x0_before, t_before = previous
-            r = (lam_t - self.half_log_snr(t_before)) / h
-            data = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_before
-        abar_t, abar_prev = self.alphas_cumprod[t].item(), self.alphas_cumprod[t_prev].item()
-        sigma_ratio = math.sqrt((1 - abar_prev) / (1 - abar_t))
-        if not sde:
-            return sigma_ratio * x_t - math.sqrt(abar_prev) * math.expm1(-h) * data, state
-        z = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
-        x_prev = (sigma_ratio * math.exp(-h) * x_t - math.sqrt(abar_prev) * math.expm1(-2 * h) * data
-                  + math.sqrt((1 - abar_prev) * -math.expm1(-2 * h)) * z)
-        return x_prev, state
-
     def half_log_snr(self, t: int) -> float:
         """lambda_t = log(alpha_t / sigma_t) = log(abar_t / (1 - abar_t)) / 2."""
         abar = self.alphas_cumprod[t].item()
         return 0.5 * (math.log(abar) - math.log1p(-abar))
-
-    @torch.no_grad()
-    def sample(
-        self, model: Model, shape: tuple[int, ...], *, sampler: Sampler = "ddpm",
-        steps: int | None = None, eta: float = 0.0, variance: Literal["beta", "beta_tilde"] = "beta",
-        clip_denoised: bool = True, generator: torch.Generator | None = None,
-        device: torch.device | str = "cpu", progress: bool = False, noise: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Draw x_0 ~ p_theta from x_T ~ N(0, I): DDPM ancestral (all T steps), or DDIM,
-        DPM-Solver++(2M) or SDE-DPM-Solver++(2M) on the `steps` timesteps of `ddim_timesteps`."""
-        x = noise.to(device) if noise is not None else torch.randn(shape, generator=generator, device=device)
-        if sampler == "ddpm":
-            ts = list(range(self.num_timesteps - 1, -1, -1))
-            for t in tqdm(ts, desc="DDPM", disable=not progress, leave=False):
-                x = self.p_sample(model, x, t, generator=generator, variance=variance, clip_denoised=clip_denoised)
-            return x
-        ts = ddim_timesteps(self.num_timesteps, steps or self.num_timesteps)
-        pairs = tqdm(list(zip(ts, ts[1:] + [-1])), desc=sampler, disable=not progress, leave=False)
-        previous = None
-        for t, t_prev in pairs:
-            if sampler == "ddim":
-                x = self.ddim_step(model, x, t, t_prev, eta=eta, generator=generator, clip_denoised=clip_denoised)
-            else:
-                x, previous = self.dpmpp_2m_step(model, x, t, t_prev, previous=previous,
-                                                 sde=sampler == "dpmpp_2m_sde", generator=generator,
-                                                 clip_denoised=clip_denoised)
-        return x

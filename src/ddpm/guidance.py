@@ -16,13 +16,18 @@ half, so it serves unconditional models too: guided = (1 + w) D(x_t) - w D_guide
 al.'s D_1 + w' (D_0 - D_1) with w' = 1 + w. Here the guide is the same run's EMA weights from an
 earlier step (train.autoguide_at): the weaker model errs where the stronger one does, only more,
 so extrapolating from it away pushes samples from where both are wrong toward the data.
+
+`sampler_model` composes the two into what a sampler calls; the samplers (ddpm.samplers) know neither.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
+
+from ddpm.errors import CheckpointError
 
 if TYPE_CHECKING:
     from ddpm.diffusion import Model
@@ -42,7 +47,7 @@ def guide(cond: torch.Tensor, uncond: torch.Tensor, guidance: float) -> torch.Te
     return (1.0 + guidance) * cond - guidance * uncond
 
 
-def guided(model: torch.nn.Module, labels: torch.Tensor, guidance: float, null_class: int) -> Model:
+def guided(model: Callable[..., torch.Tensor], labels: torch.Tensor, guidance: float, null_class: int) -> Model:
     """The diffusion Model of a conditional U-Net for these labels at guidance weight w.
 
     w = 0 is one plain conditional call (the bytes of an unguided sampler). Otherwise the
@@ -60,17 +65,23 @@ def guided(model: torch.nn.Module, labels: torch.Tensor, guidance: float, null_c
     return call
 
 
-class AutoGuided(torch.nn.Module):
-    """A generator guided by a weaker one of the same architecture: (1 + w) model - w guide.
+def sampler_model(ema: torch.nn.Module, guide_ema: torch.nn.Module | None = None, *, autoguidance: float = 0.0,
+                  labels: torch.Tensor | None = None, guidance: float = 0.0) -> Model:
+    """The diffusion Model a sampler calls, composed here and nowhere else: the EMA U-Net, autoguided by
+    `guide_ema` at weight `autoguidance` (0: the EMA alone), then, given a batch's `labels`, classifier-free
+    guided at `guidance` (without labels a conditional U-Net predicts for its null class).
 
-    It takes the U-Net's call, (x_t, t[, y]), and exposes the attributes the samplers read, so
-    everything that samples from a U-Net (classifier-free guidance included) samples from it.
+    Classifier-free guidance goes outside autoguidance, so that each of the two models is guided by its own
+    null class: one batch of 2B through both networks per step.
     """
+    if autoguidance and guide_ema is None:
+        raise CheckpointError("the checkpoint keeps no weights to autoguide with: set train.autoguide_at "
+                              "(e.g. 0.33) and retrain, or set sample.autoguidance: 0")
 
-    def __init__(self, model: torch.nn.Module, guide_model: torch.nn.Module, weight: float):
-        super().__init__()
-        self.model, self.guide_model, self.weight = model, guide_model, weight
-        self.channels, self.image_size, self.num_classes = model.channels, model.image_size, model.num_classes
+    def autoguided(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return guide(ema(x_t, t, y), guide_ema(x_t, t, y), autoguidance)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return guide(self.model(x_t, t, y), self.guide_model(x_t, t, y), self.weight)
+    network = autoguided if autoguidance else ema
+    if labels is None:
+        return network
+    return guided(network, labels, guidance, null_class=ema.num_classes)

@@ -24,8 +24,9 @@ class TrainingProbe:
                  confidence: float, seed: int = 0):
         self.classifier, self.confidence = classifier, confidence
         self.test_stats = gaussian_stats(predict(classifier, test_images).features)
+        # the EMA alone (autoguidance 0): the curve is the EMA's quality, and before train.autoguide_at no guide exists
         self.sample_cfg = SampleConfig(num_samples=num_samples, sampler="dpmpp_2m", steps=steps,
-                                       batch_size=num_samples, seed=seed)
+                                       batch_size=num_samples, seed=seed, autoguidance=0.0)
 
     def __call__(self, model: torch.nn.Module, diffusion: GaussianDiffusion, device: torch.device) -> dict[str, float]:
         images = generate(model, diffusion, self.sample_cfg, device=device, progress=False)

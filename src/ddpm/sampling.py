@@ -13,7 +13,8 @@ from ddpm.config.groups import SampleConfig
 from ddpm.data import to_uint8_images
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import CheckpointError
-from ddpm.guidance import guided
+from ddpm.guidance import sampler_model
+from ddpm.samplers import sample
 from ddpm.unet import UNet
 
 
@@ -28,24 +29,29 @@ def sample_labels(cfg: SampleConfig, num_classes: int) -> np.ndarray | None:
 
 
 @torch.no_grad()
-def generate(model: UNet, diffusion: GaussianDiffusion, cfg: SampleConfig, *,
+def generate(ema: UNet, diffusion: GaussianDiffusion, cfg: SampleConfig, *, guide: UNet | None = None,
              device: torch.device | str = "cpu", progress: bool = True) -> np.ndarray:
-    """cfg.num_samples images as uint8 NHWC, in batches, from one seeded generator; labelled as `sample_labels`."""
-    model.eval()
-    labels = sample_labels(cfg, model.num_classes)
+    """cfg.num_samples images as uint8 NHWC, in batches, from one seeded generator; labelled as `sample_labels`.
+
+    Each batch samples the model ddpm.guidance.sampler_model composes for its labels: the EMA U-Net,
+    autoguided by `guide` (the EMA at train.autoguide_at) at cfg.autoguidance, classifier-free guided at
+    cfg.guidance.
+    """
+    ema.eval()
+    if guide is not None:
+        guide.eval()
+    labels = sample_labels(cfg, ema.num_classes)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    shape = (model.channels, model.image_size, model.image_size)
+    shape = (ema.channels, ema.image_size, ema.image_size)
     out = []
     batches = math.ceil(cfg.num_samples / cfg.batch_size)
     for i in tqdm(range(batches), desc=f"sample ({cfg.sampler})", disable=not progress, dynamic_ncols=True):
         n = min(cfg.batch_size, cfg.num_samples - i * cfg.batch_size)
-        net = model
-        if labels is not None:
-            batch_labels = torch.from_numpy(labels[i * cfg.batch_size:i * cfg.batch_size + n]).to(device)
-            net = guided(model, batch_labels, cfg.guidance, null_class=model.num_classes)
-        x = diffusion.sample(net, (n, *shape), sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta,
-                             variance=cfg.variance, clip_denoised=cfg.clip_denoised,
-                             generator=generator, device=device)
+        batch_labels = (None if labels is None else
+                        torch.from_numpy(labels[i * cfg.batch_size:i * cfg.batch_size + n]).to(device))
+        model = sampler_model(ema, guide, autoguidance=cfg.autoguidance, labels=batch_labels, guidance=cfg.guidance)
+        x = sample(model, diffusion, (n, *shape), sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta,
+                   variance=cfg.variance, clip_denoised=cfg.clip_denoised, generator=generator, device=device)
         if not torch.isfinite(x).all():
             raise CheckpointError("the sampler produced NaN or inf: the checkpoint has diverged; "
                                   "retrain with a lower train.lr")

@@ -9,7 +9,8 @@ import torch
 
 from ddpm.config.groups import SampleConfig
 from ddpm.data import to_model_input, to_uint8_images
-from ddpm.diffusion import GaussianDiffusion, Model, ddim_timesteps
+from ddpm.diffusion import GaussianDiffusion, Model
+from ddpm.samplers import sample_loop_progressive, timestep_pairs
 
 
 @dataclass
@@ -25,61 +26,26 @@ class ReverseTrajectory:
     samples: np.ndarray  # what the sampler returns: uint8 (N, H, W, C)
 
 
-class _LastOutput:
-    """Wraps the network to keep its last output, from which the sampler's own x̂_0 is recomputed."""
-
-    def __init__(self, model: Model):
-        self.model, self.output = model, None
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.output = self.model(x, t)
-        return self.output
-
-
-def sampler_steps(diffusion: GaussianDiffusion, cfg: SampleConfig) -> list[tuple[int, int]]:
-    """(t, t_prev) of every step the configured sampler takes, as GaussianDiffusion.sample orders them."""
-    if cfg.sampler == "ddpm":
-        return [(t, t - 1) for t in range(diffusion.num_timesteps - 1, -1, -1)]
-    ts = ddim_timesteps(diffusion.num_timesteps, cfg.steps)
-    return list(zip(ts, ts[1:] + [-1]))
-
-
 def shown(count: int, columns: int) -> list[int]:
     """`columns` indices spread evenly over range(count), first and last included."""
     return sorted({int(i) for i in np.linspace(0, count - 1, min(columns, count)).round()})
 
 
-@torch.no_grad()
 def reverse_trajectory(model: Model, diffusion: GaussianDiffusion, cfg: SampleConfig, shape: tuple[int, ...], *,
                        columns: int, generator: torch.Generator) -> ReverseTrajectory:
-    """Run the configured sampler (cfg.sampler, steps, eta, variance, clip_denoised) from x_T ~ N(0, I).
-
-    Draws from `generator` in the order GaussianDiffusion.sample does, so that the samples equal
-    what `sample` returns for a generator with the same seed.
-    """
-    steps = sampler_steps(diffusion, cfg)
-    keep = set(shown(len(steps), columns))
-    net = _LastOutput(model)
-    x = torch.randn(shape, generator=generator)
-    previous, timesteps, x_t, x0_hat = None, [], [], []
-    for i, (t, t_prev) in enumerate(steps):
-        x_in = x
-        if cfg.sampler == "ddpm":
-            x = diffusion.p_sample(net, x, t, generator=generator, variance=cfg.variance,
-                                   clip_denoised=cfg.clip_denoised)
-        elif cfg.sampler == "ddim":
-            x = diffusion.ddim_step(net, x, t, t_prev, eta=cfg.eta, generator=generator,
-                                    clip_denoised=cfg.clip_denoised)
-        else:
-            x, previous = diffusion.dpmpp_2m_step(net, x, t, t_prev, previous=previous,
-                                                  sde=cfg.sampler == "dpmpp_2m_sde", generator=generator,
-                                                  clip_denoised=cfg.clip_denoised)
+    """The configured sampler's run (cfg.sampler, steps, eta, variance, clip_denoised) from x_T ~ N(0, I), at
+    `columns` of its steps: the steps of ddpm.samplers.sample_loop_progressive, so the samples are what
+    `sample` returns for a generator with the same seed."""
+    run = sample_loop_progressive(model, diffusion, shape, sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta,
+                                  variance=cfg.variance, clip_denoised=cfg.clip_denoised, generator=generator)
+    keep = set(shown(len(timestep_pairs(diffusion.num_timesteps, cfg.sampler, cfg.steps)), columns))
+    timesteps, x_t, x0_hat = [], [], []
+    for i, step in enumerate(run):
         if i in keep:
-            tt = torch.full((shape[0],), t, dtype=torch.long)
-            timesteps.append(t)
-            x_t.append(to_uint8_images(x_in))
-            x0_hat.append(to_uint8_images(diffusion.predict_x0_eps(net.output, x_in, tt, cfg.clip_denoised)[0]))
-    return ReverseTrajectory(timesteps, np.stack(x_t, axis=1), np.stack(x0_hat, axis=1), to_uint8_images(x))
+            timesteps.append(step.t)
+            x_t.append(to_uint8_images(step.x_t))
+            x0_hat.append(to_uint8_images(step.x0_hat))
+    return ReverseTrajectory(timesteps, np.stack(x_t, axis=1), np.stack(x0_hat, axis=1), to_uint8_images(step.sample))
 
 
 @torch.no_grad()
@@ -96,5 +62,5 @@ def forward_trajectory(diffusion: GaussianDiffusion, images: np.ndarray, timeste
 
 
 def one_per_class(labels: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the first image of each of the first `n` classes: a row of different digits."""
+    """Indices of the first image of each of the first `n` classes: a row of different classes."""
     return np.unique(labels, return_index=True)[1][:n]

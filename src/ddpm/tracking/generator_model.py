@@ -2,8 +2,8 @@
 
 The register stage logs this file as the model's code, the training checkpoint as its only
 artifact and the ddpm package as bundled code: nothing is pickled. MLflow runs this file to
-build the model; `load_context` rebuilds the U-Net from the checkpoint (ddpm.checkpoints.load_ema_model)
-and `predict` samples with ddpm.sampling.generate, as the sample stage does.
+build the model; `load_context` rebuilds the EMA U-Net and its guide from the checkpoint
+(ddpm.checkpoints.load_ema_weights) and `predict` samples with ddpm.sampling.generate, as the sample stage does.
 
 Input: one row per request, columns `num_samples` (required), `sampler` ("ddpm", "ddim", "dpmpp_2m" or
 "dpmpp_2m_sde"), `steps`, `seed`, `batch_size` (at most num_samples), and for a class-conditional model
@@ -90,7 +90,7 @@ def _is_label(value: Any, num_classes: int) -> bool:
 
 class DDPMGenerator(PythonModel):
     def load_context(self, context) -> None:
-        from ddpm.checkpoints import load_ema_model
+        from ddpm.checkpoints import load_ema_weights
         from ddpm.config.groups import SampleConfig
         from ddpm.diffusion import GaussianDiffusion
         from ddpm.runtime import resolve_device
@@ -98,7 +98,7 @@ class DDPMGenerator(PythonModel):
         self.device = resolve_device(os.environ.get("DDPM_DEVICE", "auto"))
         registered = (context.model_config or {}).get("sample")
         self.defaults = SampleConfig(**registered) if registered else SampleConfig()
-        self.model, trained = load_ema_model(context.artifacts["checkpoint"], self.device, self.defaults.autoguidance)
+        self.ema, self.guide, trained = load_ema_weights(context.artifacts["checkpoint"], self.device)
         self.diffusion = GaussianDiffusion.from_config(trained.diffusion)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
@@ -113,10 +113,10 @@ class DDPMGenerator(PythonModel):
         if not rows:
             raise MlflowException("no request rows: send at least {\"num_samples\": 1}", INVALID_PARAMETER_VALUE)
         # every row is checked before any sampling
-        configs = [request_config(row, self.defaults, self.diffusion.num_timesteps, self.model.num_classes)
+        configs = [request_config(row, self.defaults, self.diffusion.num_timesteps, self.ema.num_classes)
                    for row in rows]
-        return np.concatenate([generate(self.model, self.diffusion, cfg, device=self.device, progress=False)
-                               for cfg in configs])
+        return np.concatenate([generate(self.ema, self.diffusion, cfg, guide=self.guide, device=self.device,
+                                        progress=False) for cfg in configs])
 
 
 set_model(DDPMGenerator())
