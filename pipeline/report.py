@@ -11,10 +11,11 @@ from pathlib import Path
 
 import torch
 
-from ddpm.checkpoints import load_ema_model
+from ddpm.checkpoints import load_ema_weights
 from ddpm.config import Config
 from ddpm.data import load_split
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.guidance import sampler_model
 from ddpm.io import write_text
 from ddpm.report.figures import (
     save_coverage_figure,
@@ -29,7 +30,7 @@ from pipeline import paths
 from pipeline.run_logging import log_report, mlflow_run_url, provenance
 from pipeline.stage import log, read_json, read_loss_curve, read_train_eval, run
 
-TRAJECTORY_IMAGES = 4  # held-out digits in the forward rows, samples in the reverse rows
+TRAJECTORY_IMAGES = 4  # held-out images (one per class) in the forward rows, samples in the reverse rows
 TRAJECTORY_COLUMNS = 8
 
 
@@ -39,17 +40,21 @@ def draw_trajectory(cfg: Config) -> None:
     On the CPU whatever trained the model: a few images take seconds, and the figure's bytes then do
     not depend on the machine's accelerator.
     """
-    model, trained = load_ema_model(paths.CHECKPOINT, "cpu", cfg.sample.autoguidance)
+    ema, guide, trained = load_ema_weights(paths.CHECKPOINT, "cpu")
+    # no labels: a class-conditional model draws for its null class, unguided: the figure shows the diffusion
+    model = sampler_model(ema, guide, autoguidance=cfg.sample.autoguidance)
     diffusion = GaussianDiffusion.from_config(trained.diffusion)
     held_out = load_split(paths.TEST_SPLIT)
-    real = held_out.images[one_per_class(held_out.labels, TRAJECTORY_IMAGES)]
+    shown = one_per_class(held_out.labels, TRAJECTORY_IMAGES)
+    real = held_out.images[shown]
     shape = (TRAJECTORY_IMAGES, trained.data.channels, trained.data.image_size, trained.data.image_size)
     reverse = reverse_trajectory(model, diffusion, cfg.sample, shape, columns=TRAJECTORY_COLUMNS,
                                  generator=torch.Generator().manual_seed(cfg.sample.seed))
     forward = forward_trajectory(diffusion, real, sorted(reverse.timesteps),
                                  generator=torch.Generator().manual_seed(cfg.sample.seed))
     save_trajectory_figure(paths.TRAJECTORY_FIGURE, forward=forward, x_t=reverse.x_t, x0_hat=reverse.x0_hat,
-                           timesteps=reverse.timesteps, sampler=cfg.sample.sampler)
+                           timesteps=reverse.timesteps, sampler=cfg.sample.sampler,
+                           real_classes=[held_out.class_names[label] for label in held_out.labels[shown]])
 
 
 def write_coverage_table(per_class: dict[str, dict[str, float]]) -> None:

@@ -10,7 +10,7 @@ import torch
 
 from ddpm.config.groups import ModelConfig, SampleConfig
 from ddpm.data import to_uint8_images
-from ddpm.diffusion import GaussianDiffusion, ddim_timesteps
+from ddpm.diffusion import GaussianDiffusion
 from ddpm.report.figures import (
     save_coverage_figure,
     save_loss_figure,
@@ -18,6 +18,7 @@ from ddpm.report.figures import (
     save_training_quality_figure,
     save_trajectory_figure,
 )
+from ddpm.samplers import ddim_timesteps, sample
 from ddpm.schedules import cosine_betas
 from ddpm.trajectory import forward_trajectory, reverse_trajectory
 from ddpm.unet import UNet
@@ -34,13 +35,13 @@ def small_model():
 @pytest.mark.parametrize("sampler, steps, eta", [("ddim", 6, 1.0), ("dpmpp_2m", 6, 0.0), ("dpmpp_2m_sde", 6, 0.0),
                                                    ("ddpm", 20, 0.0)])
 def test_reverse_trajectory_is_the_configured_sampler(small_model, sampler, steps, eta):
-    """Its last x̂_0 is the sample GaussianDiffusion.sample draws with the same seed (noise included)."""
+    """Its last x̂_0 is the sample ddpm.samplers.sample draws with the same seed (noise included)."""
     model, diffusion = small_model
     cfg = SampleConfig(sampler=sampler, steps=steps, eta=eta, seed=3)
     shape = (3, 1, 28, 28)
     traj = reverse_trajectory(model, diffusion, cfg, shape, columns=4, generator=torch.Generator().manual_seed(3))
-    drawn = diffusion.sample(model, shape, sampler=sampler, steps=steps, eta=eta,
-                             generator=torch.Generator().manual_seed(3))
+    drawn = sample(model, diffusion, shape, sampler=sampler, steps=steps, eta=eta,
+                   generator=torch.Generator().manual_seed(3))
     np.testing.assert_array_equal(traj.samples, to_uint8_images(drawn))
     np.testing.assert_array_equal(traj.x0_hat[:, -1], traj.samples)  # the last step lands on its x̂_0
     first = 19 if sampler == "ddpm" else ddim_timesteps(20, steps)[0]
@@ -80,7 +81,7 @@ def draw_every_figure(folder: Path) -> dict[str, bytes]:
               "n_floor": 12} for s, n in [("ddim", 10), ("ddim", 20), ("dpmpp_2m", 10), ("ddpm", 1000)]]
     save_loss_figure(folder / "loss.png", [{"step": s, "loss": 1.0 / s} for s in (1, 2, 3)])
     save_trajectory_figure(folder / "trajectory.png", forward=tiles, x_t=tiles, x0_hat=tiles[::-1],
-                           timesteps=[9, 4, 0], sampler="ddim")
+                           timesteps=[9, 4, 0], sampler="ddim", real_classes=["0", "1"])
     save_sampler_sweep_figure(folder / "sweep.png", sweep)
     save_coverage_figure(folder / "coverage.png", {"0": {"samples": 0.6, "data": 0.5}, "1": {"samples": 0.4,
                                                                                              "data": 0.5}})
@@ -97,3 +98,15 @@ def test_figures_have_reproducible_bytes_and_no_metadata(tmp_path):
     assert first["quality.png"] != first["quality_unmeasured.png"]
     for name, data in first.items():
         assert data.startswith(b"\x89PNG") and png_text_chunks(data) == [], name
+
+
+def test_the_trajectory_rows_carry_the_data_sets_class_names(tmp_path):
+    """Another data set's figure names its own classes, not "digit 1, 2"; a "$" in a name is text, not mathtext."""
+    tiles = np.random.default_rng(0).integers(0, 256, (2, 3, 28, 28, 1), dtype=np.uint8)
+    drawn = {}
+    for names in (["0", "1"], ["airplane", "cat"], ["cost $5", "b"]):
+        path = tmp_path / f"{names[0]}.png"
+        save_trajectory_figure(path, forward=tiles, x_t=tiles, x0_hat=tiles, timesteps=[9, 4, 0], sampler="ddim",
+                               real_classes=names)
+        drawn[names[0]] = path.read_bytes()
+    assert len(set(drawn.values())) == 3

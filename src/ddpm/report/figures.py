@@ -55,10 +55,11 @@ def _show_mosaic(ax: Axes, tiles: np.ndarray, column_labels: list[str], row_labe
 
 
 def save_trajectory_figure(path: str | Path, *, forward: np.ndarray, x_t: np.ndarray, x0_hat: np.ndarray,
-                           timesteps: list[int], sampler: str) -> None:
+                           timesteps: list[int], sampler: str, real_classes: list[str]) -> None:
     """Top: q(x_t | x_0) of real images, t rising; bottom: the sampler from noise, x_t above its x̂_0.
 
-    forward: uint8 (n_real, columns, H, W, C) at ascending `timesteps`; x_t, x0_hat: uint8
+    forward: uint8 (n_real, columns, H, W, C) at ascending `timesteps`, its rows labelled with their
+    images' class names `real_classes` (the data set's own: "7", "airplane", a folder's name); x_t, x0_hat: uint8
     (n_samples, columns, H, W, C) at the same timesteps descending. Columns are labelled with
     the papers' t = 1..T (code index + 1).
     """
@@ -66,8 +67,9 @@ def save_trajectory_figure(path: str | Path, *, forward: np.ndarray, x_t: np.nda
     reverse = np.stack([x_t, x0_hat], axis=1).reshape(2 * n_gen, *x_t.shape[1:])  # x_t row, then its x̂_0 row
     fig = Figure(figsize=(max(6.0, 1.0 + 0.8 * cols), 1.2 + 0.75 * (n_real + 2 * n_gen)), dpi=100)
     top, bottom = fig.subplots(2, 1, gridspec_kw={"height_ratios": [n_real, 2 * n_gen]})
-    _show_mosaic(top, forward, [f"t={t + 1}" for t in sorted(timesteps)], [f"digit {i + 1}" for i in range(n_real)])
-    top.set_title(r"forward process $x_t \sim q(x_t \mid x_0)$ on held-out digits", fontsize=10)
+    _show_mosaic(top, forward, [f"t={t + 1}" for t in sorted(timesteps)],
+                 [name.replace("$", r"\$") for name in real_classes])  # a name is text, not mathtext
+    top.set_title(r"forward process $x_t \sim q(x_t \mid x_0)$ on held-out images, one per class", fontsize=10)
     _show_mosaic(bottom, reverse, [f"t={t + 1}" for t in timesteps],
                  [label for i in range(n_gen) for label in (f"$x_t$ ({i + 1})", rf"$\hat{{x}}_0$ ({i + 1})")])
     bottom.set_title(rf"reverse process ({sampler}) from noise: $x_t$ above the predicted $\hat{{x}}_0$", fontsize=10)
