@@ -69,4 +69,4 @@ serve-model: $(STAMP)
 bench: $(STAMP)
 	set -o pipefail; $(BIN)/pip install -q -c requirements/constraints.txt -e '.[bench]' 2>&1 \
 		| { grep -v "^WARNING: Location 'file:" || true; }
-	PYTHONPATH=. $(BIN)/python benchmarks/train_throughput.py $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.train_throughput $(BENCH_ARGS)

@@ -1,13 +1,15 @@
 """Autoguidance (Karras et al. 2024) on the default run: the final EMA guided by the same run's EMA at an
 earlier step, for a grid of guide steps and weights; one JSON line per point.
 
-Trains the default profile once (with overrides), keeping the EMA weights every `--every` steps (a
-quality probe that samples nothing, so training is what `dvc repro train` does), then samples `--samples`
-images per `GUIDE_STEP:W` point with the sample stage's sampler and scores them as recipe_search.py does.
-W = 0 is the EMA alone. Runs in a workspace where `dvc repro reference` has run.
+Trains the default profile once (with `-S` overrides, checked as `dvc exp run -S` takes them), keeping
+the EMA weights every `--every` steps (a quality probe that samples nothing, so training is what `dvc
+repro train` does), then samples `--samples` images per `GUIDE_STEP:W` point with the sample stage's
+sampler and scores them as the evaluate stage does (benchmarks.harness.score, as recipe_search does).
+W = 0 is the EMA alone. Runs in a workspace where `dvc repro reference` has run. Each point's JSON line
+is printed and goes to `--jsonl` (reports/autoguidance.jsonl unless told).
 
-    PYTHONPATH=. python benchmarks/autoguidance_grid.py --samples 500 2100:0 700:1 1050:1 700:2 350:2
-    PYTHONPATH=. python benchmarks/autoguidance_grid.py --samples 1000 --inception 2100:0 700:2
+    python -m benchmarks.autoguidance_grid --samples 500 2100:0 700:1 1050:1 700:2 350:2
+    python -m benchmarks.autoguidance_grid --samples 1000 --inception 2100:0 700:2
 
 Two more levers of the guided sampler:
 - EMA lengths (EDM2's sigma_rel): `--ema-lengths 0.05 0.2` keeps power-function EMAs of these lengths
@@ -30,13 +32,14 @@ from unittest import mock
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from benchmarks.recipe_search import score, with_overrides
-from ddpm.checkpoints import generator_from_state
+from benchmarks import harness
+from ddpm.checkpoints import ema_weights_from_state
 from ddpm.data import load_split
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.guidance import AutoGuided
+from ddpm.ema import ema_beta, power_ema_gamma
+from ddpm.guidance import guide
 from ddpm.sampling import generate
-from ddpm.train import ema_beta, power_ema_gamma, train
+from ddpm.train import train
 
 Kept = dict[float, dict[int, dict[str, torch.Tensor]]]  # EMA length -> step -> EMA weights
 
@@ -70,17 +73,19 @@ def keeping_other_lengths(lengths: list[float], every: int, last: int, kept: Kep
 
 
 class GuidedInInterval(torch.nn.Module):
-    """An autoguided generator that guides only at chain steps lo < t <= hi and calls its model alone elsewhere."""
+    """The EMA autoguided by `guide_ema` at weight w only at chain steps lo < t <= hi, the EMA alone elsewhere.
 
-    def __init__(self, guided: AutoGuided, lo: int, hi: int):
+    generate() samples it as an EMA without a guide (it reads the attributes a U-Net has)."""
+
+    def __init__(self, ema: torch.nn.Module, guide_ema: torch.nn.Module, weight: float, lo: int, hi: int):
         super().__init__()
-        self.guided, self.lo, self.hi = guided, lo, hi
-        self.channels, self.image_size, self.num_classes = guided.channels, guided.image_size, guided.num_classes
+        self.ema, self.guide_ema, self.weight, self.lo, self.hi = ema, guide_ema, weight, lo, hi
+        self.channels, self.image_size, self.num_classes = ema.channels, ema.image_size, ema.num_classes
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if self.lo < int(t[0]) <= self.hi:  # every sampler calls with one t for the whole batch
-            return self.guided(x_t, t, y)
-        return self.guided.model(x_t, t, y)
+            return guide(self.ema(x_t, t, y), self.guide_ema(x_t, t, y), self.weight)
+        return self.ema(x_t, t, y)
 
 
 def chain_interval(text: str) -> tuple[int, int]:
@@ -92,10 +97,10 @@ def chain_interval(text: str) -> tuple[int, int]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = harness.parser(__doc__, jsonl=Path("reports/autoguidance.jsonl"))
     ap.add_argument("points", nargs="+", metavar="GUIDE_STEP:W[:MAIN:GUIDE]")
     ap.add_argument("--workspace", type=Path, default=Path("."))
-    ap.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    harness.add_overrides(ap)
     ap.add_argument("--every", type=int, default=350, help="keep the EMA weights every this many steps")
     ap.add_argument("--ema-lengths", type=float, nargs="+", default=[], metavar="SIGMA_REL",
                     help="also keep power-function EMAs of these relative lengths")
@@ -105,10 +110,10 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("reports/autoguidance_emas.pt"),
                     help="the kept EMA weights; reused when present (delete it after changing -S, --every or "
                          "--ema-lengths)")
-    ap.add_argument("--out", type=Path, default=Path("reports/autoguidance.jsonl"))
     args = ap.parse_args()
+    results = harness.Results(Path(__file__).stem, args)
 
-    cfg = with_overrides(["train.precision=fp32", f"train.eval_every={args.every}", *args.overrides])
+    cfg = harness.config("default", ["train.precision=fp32", f"train.eval_every={args.every}", *args.overrides])
     own = cfg.train.ema_sigma_rel
     if not args.cache.exists():
         kept: Kept = {own: {}}
@@ -143,21 +148,21 @@ def main() -> None:
         # as the sample stage builds its generator from a checkpoint: the final EMA, guided by the kept one
         state = {"config": cfg.training_dict(), "ema": kept[main_length][cfg.train.steps],
                  "guide": kept[guide_length][guide_step]}
-        model, _ = generator_from_state(state, "cpu", weight)
-        if args.interval and weight:
-            model = GuidedInInterval(model, *args.interval)
+        ema, guide_ema, _ = ema_weights_from_state(state, "cpu")
         sample_cfg = dataclasses.replace(cfg.sample, num_samples=args.samples, autoguidance=weight)
+        if args.interval and weight:  # the guidance inside the model: generate() sees an EMA alone
+            ema, guide_ema = GuidedInInterval(ema, guide_ema, weight, *args.interval), None
+            sample_cfg = dataclasses.replace(sample_cfg, autoguidance=0.0)
         t0 = time.perf_counter()
-        samples = generate(model, diffusion, sample_cfg, progress=False)
+        samples = generate(ema, diffusion, sample_cfg, guide=guide_ema, progress=False)
         row = {"guide_step": guide_step, "w": weight, "ema_lengths": [main_length, guide_length],
                "interval": args.interval, "sampler": sample_cfg.sampler, "steps": sample_cfg.steps,
                "n": args.samples, "sample_s": time.perf_counter() - t0,
-               "domain": score(samples, args.workspace, cfg, "domain")}
+               "domain": harness.score(samples, args.workspace, cfg, "domain")}
         if args.inception:
-            row["inception"] = score(samples, args.workspace, cfg, "inception")
+            row["inception"] = harness.score(samples, args.workspace, cfg, "inception")
         print(json.dumps(row), flush=True)
-        with open(args.out, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        results.add(**row)
 
 
 if __name__ == "__main__":

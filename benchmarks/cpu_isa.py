@@ -5,7 +5,7 @@ in alternating rounds: a training step of the default U-Net at the default batch
 the default sampler (batch 250) and Inception features (batch 50). Prints images/s per setting and round,
 and whether each setting's training loss after a few steps equals the pinned fp32 one bit for bit.
 
-    PYTHONPATH=. python benchmarks/cpu_isa.py --rounds 3
+    python -m benchmarks.cpu_isa --rounds 3
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+from benchmarks import harness
 from ddpm.config.groups import PORTABLE_CPU_ENV
 
 SETTINGS = {  # name: (environment added before torch loads, autocast bf16)
@@ -65,7 +67,7 @@ def measure(bf16: bool, seconds: float) -> dict[str, float]:
     first_loss = [step() for _ in range(3)][-1]
     inception = FidHelperInception(FidHelperInception.NAME, ["2048"])
     digits = torch.randint(0, 256, (50, 3, 28, 28), dtype=torch.uint8)
-    sample_cfg = dataclasses.replace(cfg.sample, num_samples=250, batch_size=250)
+    sample_cfg = dataclasses.replace(cfg.sample, num_samples=250, batch_size=250, autoguidance=0.0)  # no guide here
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         sampling = rate(lambda: generate(model, diffusion, sample_cfg, progress=False), 250)
     with torch.inference_mode():
@@ -74,7 +76,7 @@ def measure(bf16: bool, seconds: float) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = harness.parser(__doc__)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=8.0, help="per kind of work and round")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -84,20 +86,23 @@ def main() -> None:
         return
 
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in SETTINGS}
-    for r in range(args.rounds):
-        for name, (extra, bf16) in list(SETTINGS.items())[:: 1 if r % 2 == 0 else -1]:
-            env = {k: v for k, v in os.environ.items() if k not in PORTABLE_CPU_ENV} | extra
-            out = subprocess.run([sys.executable, __file__, "--child", "bf16" if bf16 else "fp32",
-                                  "--seconds", str(args.seconds)], env=env, capture_output=True, text=True,
-                                 check=True).stdout
-            rows[name].append(json.loads(out.strip().splitlines()[-1]))
-            print(f"round {r + 1}: {name}: {rows[name][-1]}", flush=True)
+    for r, name in harness.rounds(SETTINGS, args.rounds):
+        extra, bf16 = SETTINGS[name]
+        env = {k: v for k, v in os.environ.items() if k not in PORTABLE_CPU_ENV} | extra
+        out = subprocess.run([sys.executable, "-m", __spec__.name, "--child", "bf16" if bf16 else "fp32",
+                              "--seconds", str(args.seconds)], env=env, capture_output=True, text=True,
+                             check=True).stdout
+        rows[name].append(json.loads(out.strip().splitlines()[-1]))
+        print(f"round {r + 1}: {name}: {rows[name][-1]}", flush=True)
+    results = harness.Results(Path(__file__).stem, args)
     base = rows["avx2 fp32 (default)"][0]["loss"]
     print(f"\n{'setting':<22} {'train img/s':>12} {'sample img/s':>13} {'inception img/s':>16}  loss bits = default")
     for name, runs in rows.items():
         med = {k: statistics.median(run[k] for run in runs) for k in ("train", "sample", "inception")}
-        print(f"{name:<22} {med['train']:>12.1f} {med['sample']:>13.1f} {med['inception']:>16.2f}  "
-              f"{all(run['loss'] == base for run in runs)}")
+        same_bits = all(run["loss"] == base for run in runs)
+        print(f"{name:<22} {med['train']:>12.1f} {med['sample']:>13.1f} {med['inception']:>16.2f}  {same_bits}")
+        results.add(setting=name, **{f"{k}_images_per_s": v for k, v in med.items()},
+                    loss_bits_equal_default=same_bits, rounds=runs)
 
 
 if __name__ == "__main__":

@@ -12,15 +12,15 @@ minutes; rounds interleave the four so that each round's ratio of no-op to floor
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
+
+from benchmarks import harness
 
 BIN = Path(sys.executable).parent  # the venv's: stages run `python`, as under `make repro`
 DVC = str(BIN / "dvc")
@@ -29,13 +29,11 @@ ALWAYS_CHANGED = "registry/dvc.yaml:register"  # what `dvc status` lists when no
 ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
-def seconds(cmd: list[str], cwd: Path) -> float:
-    t0 = time.perf_counter()
+def run(cmd: list[str], cwd: Path) -> None:
     done = subprocess.run(cmd, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if done.returncode:
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
         sys.exit(f"error: `{' '.join(cmd)}` failed in {cwd} (exit {done.returncode}): {last}")
-    return time.perf_counter() - t0
 
 
 def make_one_stage_dag(folder: Path) -> None:
@@ -43,14 +41,15 @@ def make_one_stage_dag(folder: Path) -> None:
     for cmd in (["git", "init", "-q"], [DVC, "init", "-q"],
                 [DVC, "stage", "add", "-q", "-n", "copy", "-d", "in.txt", "-o", "out.txt", "cp in.txt out.txt"]):
         subprocess.run(cmd, cwd=folder, env=ENV, check=True, stdout=subprocess.DEVNULL)
-    seconds([DVC, "repro"], folder)
+    run([DVC, "repro"], folder)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = harness.parser(__doc__)
     ap.add_argument("--runs", type=int, default=25)
     ap.add_argument("--workspace", type=Path, default=Path.cwd())
     args = ap.parse_args()
+    results = harness.Results(Path(__file__).stem, args)
 
     # Checked before anything runs: in a workspace that is not up to date, `dvc repro` would run the DAG.
     status = subprocess.run([DVC, "status", "--json"], cwd=args.workspace, env=ENV, capture_output=True, text=True)
@@ -59,7 +58,7 @@ def main() -> None:
         listed = ", ".join(changed) or "no register stage"
         sys.exit(f"error: {args.workspace} is not an up-to-date workspace of this project ({listed}): "
                  "run `make repro` there first")
-    seconds([DVC, "repro"], args.workspace)  # warm-up: the file cache, DVC's state database
+    run([DVC, "repro"], args.workspace)  # warm-up: the file cache, DVC's state database
 
     with tempfile.TemporaryDirectory() as tmp:
         floor = Path(tmp)
@@ -70,17 +69,19 @@ def main() -> None:
                     "register's question": ([sys.executable, "-m", "pipeline.register"], args.workspace)}
         times: dict[str, list[float]] = {name: [] for name in commands}
         print(f"{args.runs} rounds of {len(commands)} commands, interleaved, in {args.workspace} ...", flush=True)
-        for _ in range(args.runs):
-            for name, (cmd, cwd) in commands.items():
-                times[name].append(seconds(cmd, cwd))
+        for _, name in harness.rounds(commands, args.runs, alternate=False):
+            times[name].append(harness.elapsed(partial(run, *commands[name])))
 
     for name, ts in times.items():
-        print(f"{name:>26}: median {statistics.median(ts):.2f} s ({min(ts):.2f}-{max(ts):.2f})")
-    ratios = [a / b for a, b in zip(times["dvc repro (no-op)"], times["dvc repro, one-stage DAG"])]
-    print(f"{'no-op / one-stage DAG':>26}: median {statistics.median(ratios):.2f} "
-          f"({min(ratios):.2f}-{max(ratios):.2f})")
+        s = harness.spread(ts)
+        print(f"{name:>26}: median {s['median']:.2f} s ({s['min']:.2f}-{s['max']:.2f})")
+        results.add(command=name, seconds=s, runs_s=ts)
+    ratios = harness.paired(times["dvc repro (no-op)"], times["dvc repro, one-stage DAG"])
+    s = harness.spread(ratios)
+    print(f"{'no-op / one-stage DAG':>26}: median {s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})")
     share = sum(t <= TARGET_S for t in times["dvc repro (no-op)"])
     print(f"{f'no-op runs within {TARGET_S} s':>26}: {share} of {args.runs}")
+    results.add(command="no-op / one-stage DAG", ratio=s, ratios=ratios, within_target=share, target_s=TARGET_S)
 
 
 if __name__ == "__main__":

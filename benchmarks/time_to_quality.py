@@ -23,70 +23,43 @@ All three run on the default DAG's kernels (runtime.cpu_isa: avx2, hence fp32, a
 --native gives every contender this CPU's own kernels (and ours bf16 where it is native).
 
 Prints one table and, for each contender, the wall clock it needs to reach our default's final
-domain FID (interpolated between budgets; ">" when it never does) and its ratio to ours.
+domain FID (interpolated between budgets; ">" when it never does) and its ratio to ours; `--out`
+keeps them in one JSON file. `-S KEY=VALUE` overrides our recipe (mnist-uncond) as `dvc exp run -S` does.
 
     pip install -e '.[bench]'
-    PYTHONPATH=. python benchmarks/time_to_quality.py --workspace . --inception
+    python -m benchmarks.time_to_quality --workspace . --inception
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ddpm.config.groups import PORTABLE_CPU_ENV
+from benchmarks import harness
 
-if "--native" not in sys.argv:  # before torch loads: it reads the variables once
-    os.environ.update(PORTABLE_CPU_ENV)
+if "--native" not in sys.argv:
+    harness.pin_cpu_kernels()  # before torch loads
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-import yaml  # noqa: E402
 
-from benchmarks.recipe_search import score  # noqa: E402
-from benchmarks.train_throughput import matched  # noqa: E402
-from ddpm.checkpoints import generator_from_state  # noqa: E402
-from ddpm.config import Config, config_from_dict  # noqa: E402
+from ddpm.checkpoints import ema_weights_from_state  # noqa: E402
+from ddpm.config import Config  # noqa: E402
 from ddpm.data import load_split, to_model_input, to_uint8_images  # noqa: E402
 from ddpm.diffusion import GaussianDiffusion  # noqa: E402
 from ddpm.sampling import generate  # noqa: E402
 from ddpm.train import train  # noqa: E402
 from ddpm.unet import UNet, count_parameters  # noqa: E402
-from pipeline.profile import render  # noqa: E402
 
 
 # ---------------------------------------------------------------------------- peers
-def diffusers_unet(cfg: Config, width: int) -> torch.nn.Module:
-    from diffusers import UNet2DModel
-
-    levels = len(cfg.model.channel_mult)
-    attn = [cfg.data.image_size // 2**i in cfg.model.attention_resolutions for i in range(levels)]
-    return UNet2DModel(
-        sample_size=cfg.data.image_size, in_channels=cfg.data.channels, out_channels=cfg.data.channels,
-        block_out_channels=tuple(width * m for m in cfg.model.channel_mult), layers_per_block=cfg.model.num_res_blocks,
-        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
-        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
-        norm_num_groups=cfg.model.norm_groups, attention_head_dim=None)
-
-
-def lucidrains_unet(cfg: Config, width: int) -> torch.nn.Module:
-    from denoising_diffusion_pytorch import Unet
-
-    levels = len(cfg.model.channel_mult)
-    full_attn = tuple(cfg.data.image_size // 2**i in cfg.model.attention_resolutions for i in range(levels))
-    return Unet(dim=width, dim_mults=cfg.model.channel_mult, channels=cfg.data.channels, full_attn=full_attn,
-                flash_attn=True)
-
-
 class Diffusers:
     name = "diffusers"
     batch_size, epochs = 16, 100  # train_unconditional.py defaults
@@ -95,7 +68,7 @@ class Diffusers:
         from diffusers import DDPMScheduler
         from diffusers.optimization import get_scheduler
 
-        self.model = diffusers_unet(cfg, width)
+        self.model = harness.diffusers_unet(cfg, width)
         self.scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.95, 0.999),
                                            weight_decay=1e-6, eps=1e-8)
@@ -143,7 +116,7 @@ class Lucidrains:
         from denoising_diffusion_pytorch import GaussianDiffusion as LucidrainsDiffusion
         from ema_pytorch import EMA
 
-        self.diffusion = LucidrainsDiffusion(lucidrains_unet(cfg, width), image_size=cfg.data.image_size,
+        self.diffusion = LucidrainsDiffusion(harness.lucidrains_unet(cfg, width), image_size=cfg.data.image_size,
                                              sampling_timesteps=50)  # sampling only; training takes all 1,000
         self.model = self.diffusion.model
         self.optimizer = torch.optim.Adam(self.diffusion.parameters(), lr=1e-4, betas=(0.9, 0.99))
@@ -190,11 +163,14 @@ def train_peer(peer, images: np.ndarray, budgets_s: list[float], seed: int) -> d
 
 
 # ---------------------------------------------------------------------------- ours
-def ours_at(cfg: Config, images: np.ndarray, steps: int) -> tuple[torch.nn.Module, dict]:
+def ours_at(cfg: Config, images: np.ndarray, steps: int) -> tuple[Callable[[], np.ndarray], dict]:
+    """Train for `steps`; the sampler of the run's EMA weights (as the sample stage samples) and the run's info."""
     run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
     result = train(run_cfg, images, progress=False)
-    generator, _ = generator_from_state(result.checkpoint, "cpu", cfg.sample.autoguidance)  # as the sample stage
-    return generator, {"steps": steps, "wall_s": result.timing["train_s"]}
+    ema, guide, _ = ema_weights_from_state(result.checkpoint, "cpu")
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    return (lambda: generate(ema, diffusion, cfg.sample, guide=guide, progress=False),
+            {"steps": steps, "wall_s": result.timing["train_s"]})
 
 
 def time_to_reach(points: list[tuple[float, float]], target: float) -> float | None:
@@ -206,7 +182,7 @@ def time_to_reach(points: list[tuple[float, float]], target: float) -> float | N
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = harness.parser(__doc__)
     ap.add_argument("--workspace", type=Path, default=Path("."), help="where `dvc repro reference` has run")
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 1.0],
                     help="our budgets as shares of the default's train.steps")
@@ -218,17 +194,20 @@ def main() -> None:
                     help="images scored per point (the default's sample.num_samples; fewer only for a smoke test)")
     ap.add_argument("--native", action="store_true", help="this CPU's own kernels instead of the default's AVX2 pin")
     ap.add_argument("--out", type=Path, default=Path("reports/time_to_quality.json"))
+    harness.add_overrides(ap)
     args = ap.parse_args()
+    harness.require_peers(args.peers)
+    results = harness.Results(Path(__file__).stem, args)
 
-    cfg = config_from_dict(yaml.safe_load(render("mnist-uncond")))  # the default, unconditional as the peers are
+    cfg = harness.config("mnist-uncond", args.overrides)  # the default, unconditional as the peers are
     cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, num_samples=args.samples))
     images = load_split(args.workspace / "data/prepared/train.npz").images
     rows: list[dict] = []
 
     def scored(name: str, samples: np.ndarray, info: dict, inception: bool) -> None:
-        row = {"contender": name, **info, "domain": score(samples, args.workspace, cfg, "domain")}
+        row = {"contender": name, **info, "domain": harness.score(samples, args.workspace, cfg, "domain")}
         if inception:
-            row["inception"] = score(samples, args.workspace, cfg, "inception")
+            row["inception"] = harness.score(samples, args.workspace, cfg, "inception")
         rows.append(row)
         print(f"{name:<11} {info['steps']:>6} steps {info['wall_s']:>6.0f} s  domain FID {row['domain']['fid']:.3f}  "
               f"confident {row['domain']['confident']:.1%}" +
@@ -236,19 +215,17 @@ def main() -> None:
 
     # every contender trains first (the timed part, back to back), then all are sampled and scored
     jobs: list[tuple[str, dict, Callable[[], np.ndarray], bool]] = []
-    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     for fraction in sorted(args.fractions):
-        ema, info = ours_at(cfg, images, max(1, round(cfg.train.steps * fraction)))
+        draw, info = ours_at(cfg, images, max(1, round(cfg.train.steps * fraction)))
         print(f"  ours: {info['steps']} steps in {info['wall_s']:.0f} s", flush=True)
-        jobs.append(("ours", info, lambda ema=ema: generate(ema, diffusion, cfg.sample, progress=False),
-                     args.inception and fraction == max(args.fractions)))
+        jobs.append(("ours", info, draw, args.inception and fraction == max(args.fractions)))
     default_s = jobs[-1][1]["wall_s"]
 
     n_ours = count_parameters(UNet(cfg.model, cfg.data.image_size, cfg.data.channels))
-    for peer_cls, build in ((Diffusers, diffusers_unet), (Lucidrains, lucidrains_unet)):
+    for peer_cls, build in ((Diffusers, harness.diffusers_unet), (Lucidrains, harness.lucidrains_unet)):
         if peer_cls.name not in args.peers:
             continue
-        width, _ = matched(lambda w: build(cfg, w), n_ours)
+        width, _ = harness.matched(lambda w: build(cfg, w), n_ours)
         peer = peer_cls(cfg, width, len(images))
         n_peer = count_parameters(peer.model)
         print(f"{peer.name}: width {width}, {n_peer / 1e6:.3f}M parameters (ours {n_ours / 1e6:.3f}M)", flush=True)
@@ -271,6 +248,7 @@ def main() -> None:
         inc = f"{r['inception']['fid']:.2f}" if "inception" in r else ""
         print(f"{r['contender']:<11} {r['steps']:>6} {r['wall_s']:>8.0f} {r['domain']['fid']:>11.3f} "
               f"{r['domain']['confident']:>10.1%} {inc:>14}")
+        results.add(row="point", **r)
     reach = {}
     for name in ("ours", *args.peers):
         points = [(r["wall_s"], r["domain"]["fid"]) for r in rows if r["contender"] == name]
@@ -280,6 +258,8 @@ def main() -> None:
         print(f"{name:<11} reaches FID {target:.3f} after " +
               (f"{t:.0f} s ({t / ours_s:.2f}x ours)" if t is not None else
                f"more than {longest:.0f} s (more than {longest / ours_s:.2f}x ours)"))
+        results.add(row="reach", contender=name, target_fid=target, reach_s=t, longest_s=longest,
+                    ratio_to_ours=None if t is None else t / ours_s)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"target_fid": target, "rows": rows,
                                     "reach_s": {k: v[0] for k, v in reach.items()}}, indent=1, default=str))

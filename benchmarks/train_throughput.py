@@ -8,36 +8,28 @@ and our ratio to the faster peer, with the FLOPs of a training step (convolution
 attention, forward and backward, counted by `torch.utils.flop_counter`), the rate they run at,
 and the model FLOP utilisation (MFU) against the device's datasheet peak where it is known and
 against a large matmul measured on the same device. For the CIFAR-10 model it sets our steps/s
-against the DDPM paper's 21 steps/s (batch 128, TPU v3-8) and projects 800k steps.
+against the DDPM paper's 21 steps/s (batch 128, TPU v3-8) and projects 800k steps. `-S KEY=VALUE`
+overrides the profile's parameters (the model's, say) as `dvc exp run -S` does.
 
     pip install -e '.[bench]'      # the peers; never part of the main install (make bench)
-    PYTHONPATH=. python benchmarks/train_throughput.py --size default     # the default CPU profile's model, 28x28
-    PYTHONPATH=. python benchmarks/train_throughput.py --size cifar10 --device cuda --precision bf16 --batch 128
+    python -m benchmarks.train_throughput --size default     # the default CPU profile's model, 28x28
+    python -m benchmarks.train_throughput --size cifar10 --device cuda --precision bf16 --batch 128
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import time
-from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 
-from ddpm.config import config_from_dict
+from benchmarks import harness
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.train import build_optimizer
 from ddpm.unet import UNet, count_parameters
 
-PROFILES = {"default": "default", "cifar10": "cifar10-gpu"}
-
-
-def profile_config(name: str):
-    from pipeline.profile import render
-
-    return config_from_dict(yaml.safe_load(render(PROFILES[name])))
+PROFILES = {"default": "default", "cifar10": "cifar10-gpu"}  # --size -> the profile whose model it trains
 
 
 # ---------------------------------------------------------------------------- the three contenders
@@ -59,17 +51,9 @@ def ours(cfg, device):
 
 
 def diffusers_peer(cfg, device, width: int):
-    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers import DDPMScheduler
 
-    levels = len(cfg.model.channel_mult)
-    attn = [cfg.data.image_size // 2**i in cfg.model.attention_resolutions for i in range(levels)]
-    model = UNet2DModel(
-        sample_size=cfg.data.image_size, in_channels=cfg.data.channels, out_channels=cfg.data.channels,
-        block_out_channels=tuple(width * m for m in cfg.model.channel_mult), layers_per_block=cfg.model.num_res_blocks,
-        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
-        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
-        norm_num_groups=cfg.model.norm_groups, attention_head_dim=None, dropout=cfg.model.dropout,
-    ).to(device)
+    model = harness.diffusers_unet(cfg, width, dropout=cfg.model.dropout).to(device)
     schedule = "squaredcos_cap_v2" if cfg.diffusion.schedule == "cosine" else "linear"
     scheduler = DDPMScheduler(num_train_timesteps=cfg.diffusion.timesteps, beta_schedule=schedule)
     scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)
@@ -84,32 +68,12 @@ def diffusers_peer(cfg, device, width: int):
 
 def lucidrains_peer(cfg, device, width: int):
     from denoising_diffusion_pytorch import GaussianDiffusion as LGaussianDiffusion
-    from denoising_diffusion_pytorch import Unet
 
-    levels = len(cfg.model.channel_mult)
-    full_attn = tuple(cfg.data.image_size // 2**i in cfg.model.attention_resolutions for i in range(levels))
-    model = Unet(dim=width, dim_mults=cfg.model.channel_mult, channels=cfg.data.channels, dropout=cfg.model.dropout,
-                 full_attn=full_attn, flash_attn=True)
+    model = harness.lucidrains_unet(cfg, width, dropout=cfg.model.dropout)
     schedule = "cosine" if cfg.diffusion.schedule == "cosine" else "linear"
     diffusion = LGaussianDiffusion(model, image_size=cfg.data.image_size, timesteps=cfg.diffusion.timesteps,
                                    objective="pred_noise", beta_schedule=schedule, auto_normalize=False).to(device)
     return model, diffusion
-
-
-def matched(build: Callable[[int], torch.nn.Module], target: int) -> tuple[int, torch.nn.Module]:
-    """The base width whose parameter count is closest to ours (widths keep GroupNorm divisible)."""
-    best = None
-    for width in range(4, 257, 4):
-        try:
-            model = build(width)
-        except Exception:  # a width the peer's GroupNorm/heads cannot take
-            continue
-        gap = abs(count_parameters(model) - target)
-        if best is None or gap < best[0]:
-            best = (gap, width, model)
-        if count_parameters(model) > 1.2 * target:
-            break
-    return best[1], best[2]
 
 
 # ---------------------------------------------------------------------------- FLOPs and utilisation
@@ -160,30 +124,10 @@ def measured_matmul_tflops(device: torch.device, dtype: torch.dtype) -> float:
     n, reps = (8192, 20) if device.type == "cuda" else (2048, 5)
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     a @ b  # warm-up
-    synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    synchronize(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
+    return 2 * n**3 * reps / harness.elapsed(lambda: a @ b, reps, device) / 1e12
 
 
-# ---------------------------------------------------------------------------- timing
-def synchronize(device: torch.device) -> None:
-    """Wait for queued device work, so that a host clock reads the device's time."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def images_per_s(step: Callable[[], None], batch: int, steps: int, device: torch.device) -> float:
-    synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    synchronize(device)
-    return steps * batch / (time.perf_counter() - t0)
-
-
+# ---------------------------------------------------------------------------- the step
 def make_step(model: torch.nn.Module, loss_fn, x0: torch.Tensor, dtype, optimizer: str = "ours"):
     opt = OPTIMIZERS[optimizer][1](model.parameters())
     device = x0.device
@@ -200,7 +144,7 @@ def make_step(model: torch.nn.Module, loss_fn, x0: torch.Tensor, dtype, optimize
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = harness.parser(__doc__)
     ap.add_argument("--size", choices=sorted(PROFILES), default="default")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=10, help="timed steps per round")
@@ -210,22 +154,25 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile every model")
     ap.add_argument("--same-optimizer", action="store_true",
                     help="train all three with our fused AdamW instead of each tool's own optimizer")
+    harness.add_overrides(ap)
     args = ap.parse_args()
+    harness.require_peers(("diffusers", "lucidrains"))
+    results = harness.Results(Path(__file__).stem, args, args.device)
 
     torch.manual_seed(0)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    cfg = profile_config(args.size)
+    cfg = harness.config(PROFILES[args.size], args.overrides)
     dtype = torch.bfloat16 if args.precision == "bf16" else None
     x0 = torch.randn(args.batch, cfg.data.channels, cfg.data.image_size, cfg.data.image_size, device=device)
 
     our_model, our_loss = ours(cfg, device)
     target = count_parameters(our_model)
     contenders = {"ours": (our_model, our_loss)}
-    w, m = matched(lambda w: diffusers_peer(cfg, "cpu", w)[0], target)
+    w, _ = harness.matched(lambda w: diffusers_peer(cfg, "cpu", w)[0], target)
     contenders["diffusers"] = diffusers_peer(cfg, device, w)
-    w, m = matched(lambda w: lucidrains_peer(cfg, "cpu", w)[0], target)
+    w, _ = harness.matched(lambda w: lucidrains_peer(cfg, "cpu", w)[0], target)
     model, diffusion = lucidrains_peer(cfg, device, w)
     contenders["lucidrains"] = (model, diffusion)
 
@@ -242,15 +189,15 @@ def main() -> None:
             steps[name]()
 
     rates = {name: [] for name in steps}
-    for i in range(args.rounds):  # interleaved, order alternating, so machine load hits all alike
-        for name in list(steps) if i % 2 == 0 else reversed(steps):
-            rates[name].append(images_per_s(steps[name], args.batch, args.steps, device))
+    for _, name in harness.rounds(steps, args.rounds):  # interleaved, order alternating: load hits all alike
+        rates[name].append(args.steps * args.batch / harness.elapsed(steps[name], args.steps, device))
 
     def achieved(name: str) -> float:  # TFLOP/s
         return statistics.median(rates[name]) * flops[name] / 1e12
 
     print(f"\ntraining throughput: {args.size} model, {cfg.data.image_size}x{cfg.data.image_size}x{cfg.data.channels}, "
-          f"batch {args.batch}, {args.precision}, {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"batch {args.batch}, {args.precision}, {device}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, "
           f"{'our optimizer for all' if args.same_optimizer else 'each tool with its own optimizer'}")
     print(f"{'model':<12} {'params':>9} {'optimizer':>12} {'GFLOP/image':>12} {'images/s':>9} {'TFLOP/s':>8}  "
           "rounds (images/s)")
@@ -260,13 +207,16 @@ def main() -> None:
         print(f"{name:<12} {count_parameters(model) / 1e6:>8.3f}M {OPTIMIZERS[optimizers[name]][0]:>12} "
               f"{flops[name] / 1e9:>12.3f} {medians[name]:>9.4g} "
               f"{achieved(name):>8.3f}  " + " ".join(f"{r:.4g}" for r in rates[name]))
+        results.add(row="model", model=name, parameters=count_parameters(model),
+                    optimizer=OPTIMIZERS[optimizers[name]][0], gflop_per_image=flops[name] / 1e9,
+                    images_per_s=medians[name], tflop_s=achieved(name), rounds_images_per_s=rates[name])
     peer = max(("diffusers", "lucidrains"), key=medians.get)
     print(f"ours / fastest peer ({peer}): {medians['ours'] / medians[peer]:.2f}x")
-    paired = [a / b for a, b in zip(rates["ours"], rates[peer])]  # round by round: what load hit both
-    if len(paired) >= 4:
-        q1, _, q3 = statistics.quantiles(paired, n=4)
-        print(f"  paired by round: median {statistics.median(paired):.3f}x, interquartile {q1:.3f}-{q3:.3f}, "
-              f"ours faster in {sum(r > 1 for r in paired)} of {len(paired)} rounds")
+    paired = harness.paired(rates["ours"], rates[peer])  # round by round: what load hit both
+    by_round = harness.spread(paired)
+    if "q1" in by_round:
+        print(f"  paired by round: median {by_round['median']:.3f}x, interquartile {by_round['q1']:.3f}-"
+              f"{by_round['q3']:.3f}, ours faster in {sum(r > 1 for r in paired)} of {len(paired)} rounds")
 
     matmul = measured_matmul_tflops(device, dtype or torch.float32)
     sheet = datasheet_tflops(device, args.precision)
@@ -280,6 +230,10 @@ def main() -> None:
     steps_per_s = medians["ours"] / args.batch
     print(f"\nours: {steps_per_s:.2f} steps/s at batch {args.batch} -> {PAPER_STEPS // 1000}k steps in "
           f"{PAPER_STEPS / steps_per_s / 3600:.1f} h")
+    results.add(row="ours / fastest peer", fastest_peer=peer, ratio=medians["ours"] / medians[peer],
+                paired_by_round=by_round, matmul_tflop_s=matmul, share_of_matmul=achieved("ours") / matmul,
+                datasheet_tflop_s=sheet[0] if sheet else None, mfu=achieved("ours") / sheet[0] if sheet else None,
+                steps_per_s=steps_per_s, hours_for_800k_steps=PAPER_STEPS / steps_per_s / 3600)
     if args.size == "cifar10":
         print(f"  DDPM paper (TPU v3-8): {PAPER_STEPS_PER_S:.0f} steps/s at batch {PAPER_BATCH} -> "
               f"{PAPER_STEPS // 1000}k steps in {PAPER_STEPS / PAPER_STEPS_PER_S / 3600:.1f} h "
