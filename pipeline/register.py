@@ -23,7 +23,8 @@ from pipeline import paths
 from pipeline.run_logging import pipeline_run, run_key, tracking_uri
 from pipeline.stage import log, run
 
-MODEL_CODE = Path(ddpm.__file__).parent / "tracking" / "generator_model.py"
+LIBRARY = Path(ddpm.__file__).parent  # bundled with the model as the package `ddpm`
+MODEL_CODE = LIBRARY / "tracking" / "generator_model.py"
 REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pyyaml", "tqdm")
 
 
@@ -68,7 +69,7 @@ def register(cfg: Config) -> None:
 
             trained = config_from_checkpoint(load_checkpoint(paths.CHECKPOINT)["config"]).data
             with tempfile.TemporaryDirectory() as tmp:  # the library without caches, bundled with the model
-                code = shutil.copytree(MODEL_CODE.parent, Path(tmp) / "ddpm",
+                code = shutil.copytree(LIBRARY, Path(tmp) / "ddpm",
                                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
                 found = tracker.register_generator(
                     run_.run_id, name, model_code=MODEL_CODE, checkpoint=paths.CHECKPOINT,

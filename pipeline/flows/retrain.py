@@ -30,7 +30,7 @@ from pipeline.flows.workspace_lock import workspace_lock
 from pipeline.overrides import check_overrides, set_params
 from pipeline.stage import EXIT_BAD_INPUT, EXIT_DIVERGED
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # pipeline/flows/retrain.py -> the project
 DEFAULT_LOCK_TIMEOUT_S = 3600.0
 
 
