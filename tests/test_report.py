@@ -30,6 +30,11 @@ def test_html_embeds_every_image_as_a_data_uri(tmp_path):
     assert not re.search(r"<(script|link|iframe)\b|@import|url\(", page)
 
 
+def test_the_title_is_escaped(tmp_path):
+    page = render_html("# r\n", tmp_path, title="</title><script>alert(1)</script>")
+    assert "<script>" not in page and "&lt;/title&gt;&lt;script&gt;" in page
+
+
 def test_a_missing_figure_is_one_line_naming_it(tmp_path):
     with pytest.raises(DataError, match=r"report image 'figures/gone.png' is not a file under") as info:
         render_html("![x](figures/gone.png)", tmp_path)

@@ -249,5 +249,5 @@ def render_html(markdown_text: str, base_dir: str | Path, title: str = "DDPM run
              "th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;padding:1rem;overflow:auto}"
              # the grid is one pixel per pixel: shown larger, its pixels kept sharp
              'img[alt="samples"]{width:min(100%,30rem);image-rendering:pixelated}')
-    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>"
+    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head>\n<body>\n{body}\n</body></html>\n")
