@@ -16,7 +16,7 @@ import torch
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
 from benchmarks import harness
-from ddpm.config.groups import DataConfig
+from ddpm.config.training import DataConfig
 from ddpm.data import load_splits
 from ddpm.evaluation.feature_spaces import FidHelperInception, fid_helper_weights, verify_weights
 from ddpm.evaluation.inception import load_torchscript

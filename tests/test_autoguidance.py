@@ -9,7 +9,8 @@ import torch
 
 from ddpm.checkpoints import SnapshotStore, load_ema_weights, save_checkpoint
 from ddpm.config import Config, config_from_dict
-from ddpm.config.groups import DataConfig, DiffusionConfig, ModelConfig, SampleConfig, TrainConfig
+from ddpm.config.groups import SampleConfig
+from ddpm.config.training import DataConfig, DiffusionConfig, ModelConfig, TrainConfig
 from ddpm.data import load_splits
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import CheckpointError, ConfigError

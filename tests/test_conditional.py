@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from ddpm.config import Config, config_from_checkpoint, config_from_dict
-from ddpm.config.groups import DiffusionConfig, ModelConfig, SampleConfig
+from ddpm.config.groups import SampleConfig
+from ddpm.config.training import DiffusionConfig, ModelConfig
 from ddpm.data import check_num_classes
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import ConfigError

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddpm.config.groups import DataConfig
+from ddpm.config.training import DataConfig
 from ddpm.data import floor_indices, load_split, load_splits, save_split, stratified_split
 from ddpm.errors import DataError
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 import yaml
 
-from ddpm.config.groups import ClassifierConfig, DataConfig, EvaluateConfig
+from ddpm.config.groups import ClassifierConfig, EvaluateConfig
+from ddpm.config.training import DataConfig
 from ddpm.data import Dataset, Splits, load_split, load_splits
 from ddpm.errors import CheckpointError, DataError
 from ddpm.evaluation.classifier import classifier_state, train_classifier

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.config.groups import ModelConfig, SampleConfig
+from ddpm.config.groups import SampleConfig
+from ddpm.config.training import ModelConfig
 from ddpm.data import to_uint8_images
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.report.figures import (

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.config.groups import DiffusionConfig, ModelConfig, SampleConfig
+from ddpm.config.groups import SampleConfig
+from ddpm.config.training import DiffusionConfig, ModelConfig
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import CheckpointError
 from ddpm.samplers import ddim_step, ddim_timesteps, dpmpp_2m_step, sample, sample_loop_progressive, timestep_pairs

@@ -12,7 +12,7 @@ import torch
 
 from ddpm.checkpoints import SnapshotStore, load_checkpoint, load_ema_weights, save_checkpoint
 from ddpm.config import Config
-from ddpm.config.groups import DataConfig, DiffusionConfig, ModelConfig, TrainConfig
+from ddpm.config.training import DataConfig, DiffusionConfig, ModelConfig, TrainConfig
 from ddpm.data import load_splits
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import CheckpointError

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddpm.config.groups import ModelConfig
+from ddpm.config.training import ModelConfig
 from ddpm.unet import Dropout, UNet, timestep_embedding
 
 

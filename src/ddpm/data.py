@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddpm.config.groups import DataConfig
+from ddpm.config.training import DataConfig
 from ddpm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)

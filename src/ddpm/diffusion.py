@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ddpm.config.groups import DiffusionConfig
+from ddpm.config.training import DiffusionConfig
 from ddpm.schedules import make_betas
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> prediction

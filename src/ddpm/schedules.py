@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ddpm.config.groups import DiffusionConfig
+from ddpm.config.training import DiffusionConfig
 
 
 def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:

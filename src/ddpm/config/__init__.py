@@ -1,6 +1,6 @@
 """params.yaml -> frozen, typed, validated configuration: the groups together and the rules across them.
 
-Every knob of the pipeline lives in one of the dataclasses of ddpm.config.groups; their defaults
+Every knob of the pipeline lives in one of the dataclasses of ddpm.config.training and ddpm.config.groups; their defaults
 are the default profile (the one `params.yaml` holds). `load_config` rejects unknown keys and
 out-of-range values with a `ConfigError` whose message names the key and the fix.
 """
@@ -14,17 +14,14 @@ from typing import Any
 
 from ddpm.config.groups import (
     ClassifierConfig,
-    DataConfig,
-    DiffusionConfig,
     EvaluateConfig,
-    ModelConfig,
     RuntimeConfig,
     SampleConfig,
     SweepConfig,
     TrackingConfig,
-    TrainConfig,
 )
 from ddpm.config.parsing import build, plain, read_mapping
+from ddpm.config.training import DataConfig, DiffusionConfig, ModelConfig, TrainConfig
 from ddpm.errors import ConfigError
 
 
