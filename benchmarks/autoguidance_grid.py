@@ -143,7 +143,7 @@ def main() -> None:
                 raise SystemExit(f"no EMA of length {length} kept at step {step}: kept "
                                  f"{ {s: sorted(k) for s, k in kept.items()} }")
 
-    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    diffusion = GaussianDiffusion.from_config(cfg)
     for guide_step, weight, main_length, guide_length in points:
         # as the sample stage builds its generator from a checkpoint: the final EMA, guided by the kept one
         state = {"config": cfg.training_dict(), "ema": kept[main_length][cfg.train.steps],

@@ -43,7 +43,7 @@ def measure(bf16: bool, seconds: float) -> dict[str, float]:
     cfg = Config()
     torch.manual_seed(0)
     model = UNet(cfg.model, 28, 1)
-    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    diffusion = GaussianDiffusion.from_config(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     batch = cfg.train.batch_size
     x = torch.rand(batch, 1, 28, 28) * 2 - 1

@@ -54,7 +54,7 @@ def main() -> None:
     result = train(cfg, split.images, labels=split.labels, probe=probe, progress=False)
     row = {"name": args.name, "overrides": args.overrides, "train": {**result.stats, **result.timing},
            "evals": result.evals, "samplers": {}}
-    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    diffusion = GaussianDiffusion.from_config(cfg)
     device = resolve_device("cpu")
     ema, guide, _ = ema_weights_from_state(result.checkpoint, device)  # as the sample stage
     for i, spec in enumerate(args.sampler or ["ddim:50"]):

@@ -168,7 +168,7 @@ def ours_at(cfg: Config, images: np.ndarray, steps: int) -> tuple[Callable[[], n
     run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
     result = train(run_cfg, images, progress=False)
     ema, guide, _ = ema_weights_from_state(result.checkpoint, "cpu")
-    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    diffusion = GaussianDiffusion.from_config(cfg)
     return (lambda: generate(ema, diffusion, cfg.sample, guide=guide, progress=False),
             {"steps": steps, "wall_s": result.timing["train_s"]})
 

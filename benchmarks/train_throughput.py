@@ -46,7 +46,7 @@ OPTIMIZERS = {
 
 def ours(cfg, device):
     model = UNet(cfg.model, image_size=cfg.data.image_size, channels=cfg.data.channels).to(device)
-    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    diffusion = GaussianDiffusion.from_config(cfg)
     return model, lambda x0: diffusion.training_loss(model, x0)
 
 

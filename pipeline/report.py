@@ -43,7 +43,7 @@ def draw_trajectory(cfg: Config) -> None:
     ema, guide, trained = load_ema_weights(paths.CHECKPOINT, "cpu")
     # no labels: a class-conditional model draws for its null class, unguided: the figure shows the diffusion
     model = sampler_model(ema, guide, autoguidance=cfg.sample.autoguidance)
-    diffusion = GaussianDiffusion.from_config(trained.diffusion)
+    diffusion = GaussianDiffusion.from_config(trained)
     held_out = load_split(paths.TEST_SPLIT)
     shown = one_per_class(held_out.labels, TRAJECTORY_IMAGES)
     real = held_out.images[shown]

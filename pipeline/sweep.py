@@ -25,7 +25,7 @@ def sweep(cfg: Config) -> dict:
     ref = load_reference(cfg, sw.space)
     device = resolve_device(cfg.runtime.device)
     ema, guide, trained = load_ema_weights(paths.CHECKPOINT, device)
-    diffusion = GaussianDiffusion.from_config(trained.diffusion)
+    diffusion = GaussianDiffusion.from_config(trained)
 
     def draw(**settings):
         sample_cfg = dataclasses.replace(cfg.sample, num_samples=sw.num_samples, batch_size=sw.batch_size,

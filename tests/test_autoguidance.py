@@ -84,7 +84,7 @@ def test_sampling_with_autoguidance_uses_the_guide_and_w_zero_is_the_ema_alone(t
     save_checkpoint(path, result.checkpoint)
     ema, guide, trained = load_ema_weights(path)
     assert guide is not None and not ema.training and not guide.training
-    diffusion = GaussianDiffusion.from_config(trained.diffusion)
+    diffusion = GaussianDiffusion.from_config(trained)
     cfg = SampleConfig(num_samples=4, steps=5, batch_size=4, seed=7, autoguidance=0.0)
     plain = generate(ema, diffusion, cfg, progress=False)
     auto = generate(ema, diffusion, dataclasses.replace(cfg, autoguidance=2.0), guide=guide, progress=False)
@@ -101,7 +101,7 @@ def test_autoguidance_without_guide_weights_fails_clearly(tmp_path, images):
     ema, guide, trained = load_ema_weights(path)  # a run without a guide loads (its sampling defaults ask for none)
     assert trained.train.autoguide_at is None and trained.sample.autoguidance == 0.0 and isinstance(ema, UNet)
     assert guide is None
-    diffusion = GaussianDiffusion.from_config(trained.diffusion)
+    diffusion = GaussianDiffusion.from_config(trained)
     with pytest.raises(CheckpointError, match=r"keeps no weights to autoguide with: set train\.autoguide_at"):
         generate(ema, diffusion, SampleConfig(num_samples=2, steps=2, autoguidance=1.0), progress=False)
 

@@ -36,7 +36,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def diffusion():
-    return GaussianDiffusion.from_config(DiffusionConfig(timesteps=10))
+    return GaussianDiffusion.from_config(Config(diffusion=DiffusionConfig(timesteps=10)))
 
 
 # ---------------------------------------------------------------------------- training: the null label
@@ -111,15 +111,15 @@ def test_the_samplers_use_the_guided_prediction(diffusion):
     """p_mean_variance with the guided model is p_mean_variance with the hand-guided eps."""
     x, t = torch.randn(2, 1, 2, 2, generator=torch.Generator().manual_seed(0)), torch.tensor([6, 6])
     by_hand = torch.tensor([4.5, 9.5])[:, None, None, None].expand_as(x)
-    ours = diffusion.p_mean_variance(guided(stub, torch.tensor([3, 5]), 1.5, 10), x, t, clip_denoised=False)
-    hand = diffusion.p_mean_variance(lambda x_t, t_: by_hand, x, t, clip_denoised=False)
+    ours = diffusion.p_mean_variance(guided(stub, torch.tensor([3, 5]), 1.5, 10)(x, t), x, t, clip_denoised=False)
+    hand = diffusion.p_mean_variance(by_hand, x, t, clip_denoised=False)
     for a, b in zip(ours, hand):
         torch.testing.assert_close(a, b)
 
 
 def test_guiding_v_is_guiding_eps():
     """(1 + w) - w = 1 and eps is affine in v at a fixed x_t: eps of the guided v is the guided eps."""
-    diffusion = GaussianDiffusion.from_config(DiffusionConfig(timesteps=10, prediction="v"))
+    diffusion = GaussianDiffusion.from_config(Config(diffusion=DiffusionConfig(timesteps=10, prediction="v")))
     gen = torch.Generator().manual_seed(1)
     x, t = torch.randn(3, 1, 4, 4, generator=gen, dtype=torch.float64), torch.tensor([2, 5, 9])
     v_cond, v_uncond = torch.randn(2, 3, 1, 4, 4, generator=gen, dtype=torch.float64)
@@ -371,3 +371,9 @@ def test_a_tiny_conditional_dag_end_to_end(tmp_path):
     for name in ("reports/plots/guidance_sweep.csv", "conditional_accuracy"):  # FID, then accuracy, against w
         [plot] = plots[name]
         assert [float(r["guidance"]) for r in plot["content"]["data"]["values"]] == [0.0, 2.0]
+
+
+def test_guidance_of_a_learned_variance_network_guides_the_prediction_and_keeps_its_variance():
+    cond, uncond = torch.tensor([[[[2.0]], [[0.3]]]]), torch.tensor([[[[1.0]], [[-0.9]]]])  # (prediction, v)
+    out = guide(cond, uncond, 1.5, learned_variance=True)
+    torch.testing.assert_close(out, torch.tensor([[[[3.5]], [[0.3]]]]))

@@ -10,6 +10,7 @@ import torch
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.samplers import ddim_step, ddim_timesteps, ddpm_step, sample
 from ddpm.schedules import cosine_alphas_cumprod, cosine_betas, linear_betas
+from ddpm.timesteps import lognormal_timestep_probs
 
 T = 1000
 
@@ -159,7 +160,7 @@ def test_clip_denoised_clips_x0_and_the_posterior_mean_follows(diffusion):
     x0_raw = (xt - math.sqrt(1 - abar) * eps) / math.sqrt(abar)
     assert x0_raw[0, 0] > 1 and -1 < x0_raw[0, 1] < 1
     tt = torch.tensor([t])
-    mean, _, x0 = diffusion.p_mean_variance(model, xt, tt, clip_denoised=True)
+    mean, _, x0 = diffusion.p_mean_variance(model(xt, tt), xt, tt, clip_denoised=True)
     torch.testing.assert_close(x0, x0_raw.clamp(-1, 1))
     beta, alpha, abar_prev = (diffusion.betas[t].item(), diffusion.alphas[t].item(),
                               diffusion.alphas_cumprod[t - 1].item())
@@ -244,7 +245,7 @@ def test_lognormal_timestep_probs_are_edm_noise_levels_rounded_to_the_chain():
     lognormal_timestep_probs says."""
     d = GaussianDiffusion(cosine_betas(T), "eps")
     p_mean, p_std = -1.2, 1.2
-    probs = d.lognormal_timestep_probs(p_mean, p_std)
+    probs = lognormal_timestep_probs(d, p_mean, p_std)
     assert probs.shape == (T,) and probs.sum().item() == pytest.approx(1.0, abs=1e-12)
 
     log_sigma = 0.5 * np.log((1 - d.alphas_cumprod.numpy()) / d.alphas_cumprod.numpy())

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from ddpm.config import Config
 from ddpm.config.groups import SampleConfig
 from ddpm.config.training import DiffusionConfig, ModelConfig
 from ddpm.diffusion import GaussianDiffusion
@@ -187,7 +188,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def diffusion():
-    return GaussianDiffusion.from_config(DiffusionConfig(timesteps=10))
+    return GaussianDiffusion.from_config(Config(diffusion=DiffusionConfig(timesteps=10)))
 
 def draw(model, diffusion, **settings):
     cfg = SampleConfig(**{"num_samples": 12, "steps": 4, "seed": 3, "autoguidance": 0.0, **settings})

@@ -18,6 +18,7 @@ from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import CheckpointError
 from ddpm.interrupts import TrainingInterrupted
 from ddpm.runtime import autocast_dtype
+from ddpm.timesteps import lognormal_timestep_probs
 from ddpm.train import BatchSampler, train
 
 CFG = Config(
@@ -47,6 +48,20 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, images):
     assert half.step == 5 and [p.name for p in store.paths()] == ["step-00000005.pt", "step-00000003.pt"]
     resumed = train(cfg, images, snapshots=store, progress=False)
     assert resumed.step == 8 and resumed.history == full.history
+    assert checkpoint_bytes(resumed.checkpoint, tmp_path / "a.pt") == checkpoint_bytes(full.checkpoint, tmp_path / "b.pt")
+
+
+def test_resume_restores_the_importance_samplers_history(tmp_path, images):
+    """L_vlb with importance-sampled t on a learned-variance model: the loss history that sets p_t is run state,
+    so a run resumed after the sampler left its uniform warm-up writes the uninterrupted run's bytes."""
+    cfg = dataclasses.replace(
+        CFG, model=dataclasses.replace(CFG.model, learn_sigma=True), diffusion=DiffusionConfig(timesteps=10),
+        train=dataclasses.replace(CFG.train, steps=24, checkpoint_every=5, loss="vlb", importance_sampling=True))
+    full = train(cfg, images, progress=False)
+    assert (full.checkpoint["timesteps"]["counts"] == 10).all()  # warm: p_t follows the losses
+    store = SnapshotStore(tmp_path / "resume")
+    assert train(cfg, images, snapshots=store, progress=False, max_steps=20).step == 20
+    resumed = train(cfg, images, snapshots=store, progress=False)
     assert checkpoint_bytes(resumed.checkpoint, tmp_path / "a.pt") == checkpoint_bytes(full.checkpoint, tmp_path / "b.pt")
 
 
@@ -140,13 +155,13 @@ def test_loss_decreases(images):
 
 def test_lognormal_noise_draws_the_training_timesteps_from_edms_distribution(monkeypatch, images):
     drawn = {}
-    real_loss = GaussianDiffusion.training_loss
+    real_loss = GaussianDiffusion.training_losses
 
     def recording_loss(self, model, x0, t, noise, **kwargs):
         drawn.setdefault("t", []).append(t)
         return real_loss(self, model, x0, t, noise, **kwargs)
 
-    monkeypatch.setattr(GaussianDiffusion, "training_loss", recording_loss)
+    monkeypatch.setattr(GaussianDiffusion, "training_losses", recording_loss)
     timesteps = {}
     for noise_levels in (None, (-1.2, 1.2)):
         drawn.clear()
@@ -154,7 +169,7 @@ def test_lognormal_noise_draws_the_training_timesteps_from_edms_distribution(mon
         train(cfg, images, progress=False)
         timesteps[noise_levels] = torch.cat(drawn["t"])
     uniform, lognormal = timesteps[None], timesteps[(-1.2, 1.2)]
-    probs = GaussianDiffusion.from_config(CFG.diffusion).lognormal_timestep_probs(-1.2, 1.2)
+    probs = lognormal_timestep_probs(GaussianDiffusion.from_config(CFG), -1.2, 1.2)
     for t, expected in ((uniform, torch.full((50,), 1 / 50, dtype=torch.float64)), (lognormal, probs)):
         # 640 draws of a 50-way categorical: their mean within 4 standard errors of the distribution's
         mean, var = (expected * torch.arange(50)).sum(), (expected * torch.arange(50) ** 2).sum()

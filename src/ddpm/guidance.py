@@ -9,7 +9,9 @@ prediction, that every sampler (DDPM, DDIM, DPM-Solver++) calls as it calls an u
     guided = (1 + w) f(x_t, t, y) - w f(x_t, t, null)
 
 Whatever the network predicts (eps, v or x0), the two weights sum to 1 and, at a fixed x_t, eps,
-v and x0 are affine in one another: guiding any of them is guiding eps.
+v and x0 are affine in one another: guiding any of them is guiding eps. A network with learned variance
+guides its prediction and keeps the guided model's own variance (as GLIDE does): extrapolated, the variance
+values could leave the range between beta~_t and beta_t.
 
 Autoguidance guides a model with a weaker version of itself instead of with its unconditional
 half, so it serves unconditional models too: guided = (1 + w) D(x_t) - w D_guide(x_t), Karras et
@@ -42,12 +44,17 @@ def drop_labels(labels: torch.Tensor, uniform: torch.Tensor, p: float, null_clas
     return torch.where(uniform < p, torch.full_like(labels, null_class), labels)
 
 
-def guide(cond: torch.Tensor, uncond: torch.Tensor, guidance: float) -> torch.Tensor:
-    """(1 + w) cond - w uncond: w = 0 is the conditional prediction, w > 0 pushes away from the unconditional."""
+def guide(cond: torch.Tensor, uncond: torch.Tensor, guidance: float, learned_variance: bool = False) -> torch.Tensor:
+    """(1 + w) cond - w uncond: w = 0 is the conditional prediction, w > 0 pushes away from the unconditional.
+    With `learned_variance` only the prediction (the first half of the channels) is guided; the variance is cond's."""
+    if learned_variance:
+        (cond, variance), (uncond, _) = cond.chunk(2, dim=1), uncond.chunk(2, dim=1)
+        return torch.cat([guide(cond, uncond, guidance), variance], dim=1)
     return (1.0 + guidance) * cond - guidance * uncond
 
 
-def guided(model: Callable[..., torch.Tensor], labels: torch.Tensor, guidance: float, null_class: int) -> Model:
+def guided(model: Callable[..., torch.Tensor], labels: torch.Tensor, guidance: float, null_class: int,
+           learned_variance: bool = False) -> Model:
     """The diffusion Model of a conditional U-Net for these labels at guidance weight w.
 
     w = 0 is one plain conditional call (the bytes of an unguided sampler). Otherwise the
@@ -60,7 +67,7 @@ def guided(model: Callable[..., torch.Tensor], labels: torch.Tensor, guidance: f
     def call(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         both = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null]))
         cond, uncond = both.chunk(2)
-        return guide(cond, uncond, guidance)
+        return guide(cond, uncond, guidance, learned_variance)
 
     return call
 
@@ -79,9 +86,10 @@ def sampler_model(ema: torch.nn.Module, guide_ema: torch.nn.Module | None = None
                               "(e.g. 0.33) and retrain, or set sample.autoguidance: 0")
 
     def autoguided(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return guide(ema(x_t, t, y), guide_ema(x_t, t, y), autoguidance)
+        return guide(ema(x_t, t, y), guide_ema(x_t, t, y), autoguidance, learned)
 
+    learned = ema.cfg.learn_sigma
     network = autoguided if autoguidance else ema
     if labels is None:
         return network
-    return guided(network, labels, guidance, null_class=ema.num_classes)
+    return guided(network, labels, guidance, null_class=ema.num_classes, learned_variance=learned)

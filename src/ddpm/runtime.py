@@ -96,6 +96,15 @@ def init_distributed(dist_info: Distributed, device: torch.device) -> torch.devi
     return device
 
 
+def gather_batch(x: torch.Tensor, world_size: int) -> torch.Tensor:
+    """The global batch of a per-rank slice, in rank order (each rank holds its consecutive share)."""
+    if world_size == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size)]
+    torch.distributed.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
 def global_mean(x: torch.Tensor, world_size: int) -> float:
     """The mean of a per-rank scalar over all ranks: the global batch's value, as one process would log it."""
     if world_size > 1:

@@ -1,25 +1,30 @@
-"""The samplers: DDPM ancestral (Ho et al. 2020), DDIM (Song et al. 2020), DPM-Solver++(2M) and its SDE variant
-(Lu et al. 2022), as steps on a GaussianDiffusion and the one loop that runs them.
+"""The samplers: DDPM ancestral (Ho et al. 2020; on a respaced chain, Nichol & Dhariwal 2021), DDIM (Song et al.
+2020), DPM-Solver++(2M) and its SDE variant (Lu et al. 2022), as steps on a GaussianDiffusion and the one loop
+that runs them; each takes classifier guidance (Dhariwal & Nichol 2021, Algorithms 1 and 2) as `cond_fn`.
 
 Every step takes the diffusion Model it calls, (x_t, t) -> prediction, as its first argument (which network
 that is, guided or not, is ddpm.guidance.sampler_model's business) and returns the next sample with the x0_hat
 it moved towards. `sample_loop_progressive` yields each step, as improved-diffusion's
 `p_sample_loop_progressive`; `sample` is its last sample. Index t runs 0..T-1, as in ddpm.diffusion.
+
+`cond_fn(x_t, t)` is s grad_x log p(y | x_t, t) of a noise-aware classifier at scale s (ddpm.classifier_guidance):
+DDPM shifts its mean by Sigma cond_fn, the others their eps by -sqrt(1 - abar_t) cond_fn (the score form).
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from ddpm.diffusion import GaussianDiffusion, Model, Variance
+from ddpm.diffusion import GaussianDiffusion, Model, Variance, extract
 
 Sampler = Literal["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde"]
+CondFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> s grad log p(y | x_t, t)
 
 
 # ---------------------------------------------------------------------------- sampling timesteps
@@ -38,10 +43,10 @@ def ddim_timesteps(timesteps: int, steps: int) -> list[int]:
 def timestep_pairs(timesteps: int, sampler: Sampler, steps: int | None) -> list[tuple[int, int]]:
     """(t, t_prev) of every step `sampler` takes on a `timesteps`-step chain; t_prev = -1 is the step to x_0.
 
-    DDPM visits every t (its variances are those of single steps); the others the `steps` of ddim_timesteps
-    (all T when steps is None).
+    Every sampler visits the `steps` of ddim_timesteps (all T when steps is None); DDPM's steps below T are
+    those of the chain respaced to them.
     """
-    ts = list(range(timesteps - 1, -1, -1)) if sampler == "ddpm" else ddim_timesteps(timesteps, steps or timesteps)
+    ts = ddim_timesteps(timesteps, steps or timesteps)
     return list(zip(ts, ts[1:] + [-1]))
 
 
@@ -55,13 +60,27 @@ def _noise_like(x_t: torch.Tensor, generator: torch.Generator | None) -> torch.T
     return torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
 
 
+def _score_guided(diffusion: GaussianDiffusion, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                  cond_fn: CondFn | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(x0_hat, eps_hat) of eps - sqrt(1 - abar_t) cond_fn (Algorithm 2), or None without guidance; x0_hat is
+    not clipped again, as in guided-diffusion's condition_score."""
+    if cond_fn is None:
+        return None
+    eps = eps - extract(diffusion.sqrt_one_minus_alphas_cumprod, t, x_t) * cond_fn(x_t, t)
+    return diffusion.predict_x0_from_eps(x_t, t, eps), eps
+
+
 def ddpm_step(
     model: Model, diffusion: GaussianDiffusion, x_t: torch.Tensor, t: int, *, variance: Variance = "beta",
-    clip_denoised: bool = True, generator: torch.Generator | None = None,
+    clip_denoised: bool = True, generator: torch.Generator | None = None, cond_fn: CondFn | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One ancestral step x_t -> x_{t-1} = mu_theta + sigma_t z (no noise at t = 0), and its x0_hat."""
-    mean, log_var, x0 = diffusion.p_mean_variance(model, x_t, _batch_of(t, x_t), variance=variance,
+    """One ancestral step x_t -> x_{t-1} = mu_theta + sigma_t z (no noise at t = 0), and its x0_hat; guided,
+    the mean is mu_theta + Sigma cond_fn (Algorithm 1)."""
+    tt = _batch_of(t, x_t)
+    mean, log_var, x0 = diffusion.p_mean_variance(model(x_t, tt), x_t, tt, variance=variance,
                                                   clip_denoised=clip_denoised)
+    if cond_fn is not None:
+        mean = mean + torch.exp(log_var) * cond_fn(x_t, tt)
     if t == 0:
         return mean, x0
     return mean + torch.exp(0.5 * log_var) * _noise_like(x_t, generator), x0
@@ -69,7 +88,7 @@ def ddpm_step(
 
 def ddim_step(
     model: Model, diffusion: GaussianDiffusion, x_t: torch.Tensor, t: int, t_prev: int, *, eta: float = 0.0,
-    clip_denoised: bool = True, generator: torch.Generator | None = None,
+    clip_denoised: bool = True, generator: torch.Generator | None = None, cond_fn: CondFn | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x_{t_prev} = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_hat + sigma z, and x0_hat.
 
@@ -78,6 +97,7 @@ def ddim_step(
     """
     tt = _batch_of(t, x_t)
     x0, eps = diffusion.predict_x0_eps(model(x_t, tt), x_t, tt, clip_denoised)
+    x0, eps = _score_guided(diffusion, x_t, tt, eps, cond_fn) or (x0, eps)
     abar_t = diffusion.alphas_cumprod[t].item()
     abar_prev = diffusion.alphas_cumprod[t_prev].item() if t_prev >= 0 else 1.0
     sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar_t)) * math.sqrt(1 - abar_t / abar_prev)
@@ -90,7 +110,7 @@ def ddim_step(
 def dpmpp_2m_step(
     model: Model, diffusion: GaussianDiffusion, x_t: torch.Tensor, t: int, t_prev: int, *,
     previous: tuple[torch.Tensor, int] | None = None, sde: bool = False, clip_denoised: bool = True,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, cond_fn: CondFn | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One DPM-Solver++(2M) step x_t -> x_{t_prev} (Lu et al. 2022, Algorithm 2), or with `sde` one
     step of SDE-DPM-Solver++(2M) (the same paper, sec. 5; diffusers' "sde-dpmsolver++", midpoint), and x0_hat.
@@ -111,7 +131,8 @@ def dpmpp_2m_step(
     Gaussian data: 6x the first-order error at 10 steps).
     """
     tt = _batch_of(t, x_t)
-    x0, _ = diffusion.predict_x0_eps(model(x_t, tt), x_t, tt, clip_denoised)
+    x0, eps = diffusion.predict_x0_eps(model(x_t, tt), x_t, tt, clip_denoised)
+    x0, _ = _score_guided(diffusion, x_t, tt, eps, cond_fn) or (x0, eps)
     if t_prev < 0:
         return x0, x0
     lam_t, lam_prev = diffusion.half_log_snr(t), diffusion.half_log_snr(t_prev)
@@ -143,35 +164,44 @@ class SamplerStep:
     sample: torch.Tensor
 
 
-@torch.no_grad()
 def sample_loop_progressive(
     model: Model, diffusion: GaussianDiffusion, shape: tuple[int, ...], *, sampler: Sampler,
     steps: int | None = None, eta: float = 0.0, variance: Variance = "beta", clip_denoised: bool = True,
     generator: torch.Generator | None = None, device: torch.device | str = "cpu", noise: torch.Tensor | None = None,
+    cond_fn: CondFn | None = None,
 ) -> Iterator[SamplerStep]:
     """Run `sampler` from x_T = `noise`, or x_T ~ N(0, I) drawn from `generator`, yielding every step.
 
-    DDPM ancestral takes all T steps with sigma_t^2 = `variance` (beta_t or beta~_t); DDIM (stochastic with
-    eta > 0), DPM-Solver++(2M) and SDE-DPM-Solver++(2M) the `steps` timesteps of ddim_timesteps. x0_hat is
+    Each sampler takes the `steps` timesteps of ddim_timesteps (all T when None): DDPM ancestral on the chain
+    respaced to them, with sigma_t^2 the network's learned variance or else `variance` (beta_t or beta~_t); DDIM
+    (stochastic with eta > 0), DPM-Solver++(2M) and SDE-DPM-Solver++(2M) on the chain as it is. x0_hat is
     clipped to [-1, 1] with `clip_denoised`. Every random number comes from `generator`, x_T first, then
     each stochastic step's z in step order: one seed gives the same samples however the steps are consumed.
+    `cond_fn` is classifier guidance: the steps run without autograd, so it turns autograd on for itself.
     """
     x = noise.to(device) if noise is not None else torch.randn(shape, generator=generator, device=device)
+    pairs = timestep_pairs(diffusion.num_timesteps, sampler, steps)
+    if sampler == "ddpm":  # the respaced chain's index i stands for timestep kept[i] (identity at all T)
+        kept = torch.tensor(sorted(t for t, _ in pairs), device=device)
+        chain = diffusion if len(kept) == diffusion.num_timesteps else diffusion.respaced(kept.tolist())
+        chain_model = lambda x_t, i: model(x_t, kept[i])  # noqa: E731
+        chain_cond = None if cond_fn is None else (lambda x_t, i: cond_fn(x_t, kept[i]))
     previous = None  # DPM-Solver++'s (x0_hat, t) of the step before, for its second-order correction
-    for t, t_prev in timestep_pairs(diffusion.num_timesteps, sampler, steps):
-        if sampler == "ddpm":
-            x_next, x0_hat = ddpm_step(model, diffusion, x, t, variance=variance, clip_denoised=clip_denoised,
-                                       generator=generator)
-        elif sampler == "ddim":
-            x_next, x0_hat = ddim_step(model, diffusion, x, t, t_prev, eta=eta, clip_denoised=clip_denoised,
-                                       generator=generator)
-        elif sampler in ("dpmpp_2m", "dpmpp_2m_sde"):
-            x_next, x0_hat = dpmpp_2m_step(model, diffusion, x, t, t_prev, previous=previous,
-                                           sde=sampler == "dpmpp_2m_sde", clip_denoised=clip_denoised,
-                                           generator=generator)
-            previous = (x0_hat, t)
-        else:
-            raise ValueError(f"unknown sampler {sampler!r}: use ddpm, ddim, dpmpp_2m or dpmpp_2m_sde")
+    for index, (t, t_prev) in enumerate(pairs):
+        with torch.no_grad():
+            if sampler == "ddpm":
+                x_next, x0_hat = ddpm_step(chain_model, chain, x, len(pairs) - 1 - index, variance=variance,
+                                           clip_denoised=clip_denoised, generator=generator, cond_fn=chain_cond)
+            elif sampler == "ddim":
+                x_next, x0_hat = ddim_step(model, diffusion, x, t, t_prev, eta=eta, clip_denoised=clip_denoised,
+                                           generator=generator, cond_fn=cond_fn)
+            elif sampler in ("dpmpp_2m", "dpmpp_2m_sde"):
+                x_next, x0_hat = dpmpp_2m_step(model, diffusion, x, t, t_prev, previous=previous,
+                                               sde=sampler == "dpmpp_2m_sde", clip_denoised=clip_denoised,
+                                               generator=generator, cond_fn=cond_fn)
+                previous = (x0_hat, t)
+            else:
+                raise ValueError(f"unknown sampler {sampler!r}: use ddpm, ddim, dpmpp_2m or dpmpp_2m_sde")
         yield SamplerStep(t, x, x0_hat, x_next)
         x = x_next
 

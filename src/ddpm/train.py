@@ -30,7 +30,8 @@ from ddpm.ema import ema_beta, power_ema_gamma
 from ddpm.errors import ConfigError
 from ddpm.guidance import drop_labels
 from ddpm.interrupts import TrainingInterrupted, stop_requests
-from ddpm.runtime import autocast_dtype, distributed_from_env, global_mean, init_distributed, resolve_device
+from ddpm.runtime import autocast_dtype, distributed_from_env, gather_batch, global_mean, init_distributed, resolve_device
+from ddpm.timesteps import timestep_sampler
 from ddpm.unet import UNet, count_parameters
 
 log = logging.getLogger(__name__)
@@ -136,10 +137,9 @@ def train(
     if num_classes:
         check_num_classes(num_classes, labels)
         label_data = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
-    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    diffusion = GaussianDiffusion.from_config(cfg)
     model = UNet(cfg.model, h, c).to(device)
-    t_probs = (None if tc.lognormal_noise is None
-               else diffusion.lognormal_timestep_probs(*tc.lognormal_noise).float().to(device))
+    timesteps = timestep_sampler(diffusion, lognormal_noise=tc.lognormal_noise, importance_sampling=tc.importance_sampling)
     gamma = power_ema_gamma(tc.ema_sigma_rel) if tc.ema_sigma_rel is not None else None
 
     def ema_update(ema_params, params, _n_averaged) -> None:  # `step` is this update's number (1-based)
@@ -167,6 +167,7 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
+        timesteps.load_state_dict(state["timesteps"])
         flip_gen.set_state(state["rng"]["flip"])
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and state["rng"].get("cuda") is not None:
@@ -191,7 +192,7 @@ def train(
             "format": CHECKPOINT_FORMAT, "config": cfg.training_dict(), "step": step, "history": history,
             "evals": evals, "best": best, "window": {"loss": window_loss.item(), "n": window_n},
             "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
+            "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(), "timesteps": timesteps.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "flip": flip_gen.get_state(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
             **({"guide": guide} if guide_step is not None else {}),  # no key at all without a guide
@@ -215,17 +216,18 @@ def train(
             if tc.hflip:
                 flip = (torch.rand(tc.batch_size, generator=flip_gen) < 0.5)[local]
                 x0 = torch.where(flip.to(device)[:, None, None, None], x0.flip(3), x0)
-            if t_probs is None:
-                t = torch.randint(0, diffusion.num_timesteps, (tc.batch_size,), device=device)[local]
-            else:
-                t = torch.multinomial(t_probs, tc.batch_size, replacement=True)[local]
+            t_global, weights = timesteps.sample(tc.batch_size, device)
+            t = t_global[local]
             noise = torch.randn((tc.batch_size, *x0.shape[1:]), device=device)[local]
             net = forward
             if num_classes:  # drawn last and only here: an unconditional run draws what it drew before classes
                 uniform = torch.rand(tc.batch_size, device=device)[local]
                 net = partial(forward, y=drop_labels(label_data[idx], uniform, tc.cond_drop, num_classes))
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss = diffusion.training_loss(net, x0, t, noise, min_snr_gamma=tc.min_snr_gamma)
+                losses = diffusion.training_losses(net, x0, t, noise, loss=tc.loss, min_snr_gamma=tc.min_snr_gamma)
+                loss = losses.mean() if weights is None else (weights[local] * losses).mean()
+            if timesteps.uses_losses:
+                timesteps.update(t_global, gather_batch(losses.detach(), ddp.world_size))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)

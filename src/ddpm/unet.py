@@ -50,11 +50,16 @@ class Dropout(nn.Dropout):
 
 
 class ResBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, temb_ch: int, dropout: float, groups: int):
+    """Two 3x3 convolutions and a skip, the embedding added between them (Ho et al.) or, with
+    `scale_shift_norm`, applied as AdaGN: GroupNorm(h) (1 + scale) + shift (Dhariwal & Nichol 2021)."""
+
+    def __init__(self, in_ch: int, out_ch: int, temb_ch: int, dropout: float, groups: int,
+                 scale_shift_norm: bool = False):
         super().__init__()
+        self.scale_shift_norm = scale_shift_norm
         self.norm1 = nn.GroupNorm(groups, in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.temb_proj = nn.Linear(temb_ch, out_ch)
+        self.temb_proj = nn.Linear(temb_ch, 2 * out_ch if scale_shift_norm else out_ch)
         self.norm2 = nn.GroupNorm(groups, out_ch)
         self.dropout = Dropout(dropout)
         self.conv2 = zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1))
@@ -62,8 +67,13 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        emb = self.temb_proj(F.silu(temb))[:, :, None, None]
+        if self.scale_shift_norm:
+            scale, shift = emb.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + emb)
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 
@@ -103,7 +113,8 @@ class Upsample(nn.Module):
 
 class UNet(nn.Module):
     """eps_theta(x_t, t[, y]): images (B, C, H, W) in [-1, 1], integer timesteps (B,) and, with
-    cfg.num_classes > 0, integer labels (B,) -> (B, C, H, W).
+    cfg.num_classes > 0, integer labels (B,) -> (B, C, H, W), or with cfg.learn_sigma (B, 2C, H, W): the
+    prediction, then the variance values of ddpm.diffusion.
 
     A conditional U-Net adds a learned class embedding to the time embedding; label num_classes
     is the null class (no label: the unconditional model of classifier-free guidance), which is
@@ -131,9 +142,9 @@ class UNet(nn.Module):
                 res //= 2
 
         self.mid = nn.ModuleList([
-            ResBlock(cur, cur, temb_ch, cfg.dropout, groups),
+            ResBlock(cur, cur, temb_ch, cfg.dropout, groups, cfg.scale_shift_norm),
             AttnBlock(cur, cfg.num_heads, groups),
-            ResBlock(cur, cur, temb_ch, cfg.dropout, groups),
+            ResBlock(cur, cur, temb_ch, cfg.dropout, groups, cfg.scale_shift_norm),
         ])
 
         self.up = nn.ModuleList()
@@ -146,7 +157,7 @@ class UNet(nn.Module):
                 res *= 2
 
         self.norm_out = nn.GroupNorm(groups, cur)
-        self.conv_out = zero_init(nn.Conv2d(cur, channels, 3, padding=1))
+        self.conv_out = zero_init(nn.Conv2d(cur, channels * (2 if cfg.learn_sigma else 1), 3, padding=1))
         # Created last, so that the layers above draw the same initial weights with or without classes;
         # an unconditional U-Net creates nothing and draws nothing more than before classes existed.
         if cfg.num_classes:
@@ -157,7 +168,7 @@ class UNet(nn.Module):
         return self.cfg.num_classes
 
     def _block(self, in_ch: int, out_ch: int, temb_ch: int, res: int) -> nn.Module:
-        block = ResBlock(in_ch, out_ch, temb_ch, self.cfg.dropout, self.cfg.norm_groups)
+        block = ResBlock(in_ch, out_ch, temb_ch, self.cfg.dropout, self.cfg.norm_groups, self.cfg.scale_shift_norm)
         if res in self.cfg.attention_resolutions:
             return _ResAttn(block, AttnBlock(out_ch, self.cfg.num_heads, self.cfg.norm_groups))
         return block

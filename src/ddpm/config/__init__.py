@@ -25,6 +25,13 @@ from ddpm.config.training import DataConfig, DiffusionConfig, ModelConfig, Train
 from ddpm.errors import ConfigError
 
 
+# Training keys added after checkpoints were made, with the value that every run before them had: at that
+# value a key stays out of training_dict, so an older checkpoint's record (and its snapshots' run identity) is
+# what such a run writes today, and a record without the key reads as that value, whatever the default.
+LATER_KEYS = {("model", "learn_sigma"): False, ("model", "scale_shift_norm"): False, ("train", "loss"): "simple",
+              ("train", "importance_sampling"): False}
+
+
 @dataclass(frozen=True)
 class Config:
     seed: int = 0
@@ -68,7 +75,7 @@ class Config:
             )
 
         timesteps = self.diffusion.timesteps
-        sampled = {"sample.steps": [self.sample.steps] if self.sample.sampler != "ddpm" else [],
+        sampled = {"sample.steps": [self.sample.steps],
                    "train.eval_steps": [self.train.eval_steps], "sweep.steps": list(self.sweep.steps)}
         for key, steps in sampled.items():
             if any(s > timesteps for s in steps):
@@ -76,6 +83,9 @@ class Config:
                 raise ConfigError(f"{key} = {value} is more than diffusion.timesteps = {timesteps}: a sampler "
                                   f"visits each timestep at most once; use at most {timesteps}")
 
+        if self.train.loss != "simple" and not self.model.learn_sigma:
+            raise ConfigError(f"train.loss = {self.train.loss} trains the reverse variance, which the model does not "
+                              "have: set model.learn_sigma: true, or train.loss: simple")
         self.sample.check_conditioning(self.model.num_classes)
         if self.sample.guidance and not self.train.cond_drop:
             raise ConfigError(f"sample.guidance = {self.sample.guidance} extrapolates away from the unconditional "
@@ -105,6 +115,9 @@ class Config:
         record = {k: full[k] for k in ("seed", "data", "model", "diffusion", "train")}
         if not self.model.num_classes:  # unconditional: the record, and so the checkpoint's bytes, from before classes
             del record["model"]["num_classes"], record["train"]["cond_drop"]
+        for (group, key), before in LATER_KEYS.items():
+            if record[group][key] == before:
+                del record[group][key]
         return record
 
 
@@ -117,12 +130,14 @@ def config_from_dict(raw: dict[str, Any] | None) -> Config:
 
 def config_from_checkpoint(record: dict[str, Any]) -> Config:
     """The Config of a checkpoint's training record (Config.training_dict()): the groups it lacks take their
-    defaults, except two. A record without model.num_classes is an unconditional model's (training_dict drops
-    it at 0), whatever the default. sample.autoguidance is off for a run that kept no guide
+    defaults, except these. A record without model.num_classes is an unconditional model's (training_dict drops
+    it at 0), and one without a LATER_KEYS key has that key's earlier value, whatever the default. sample.autoguidance is off for a run that kept no guide
     (train.autoguide_at: null), where the default weight would ask for weights the checkpoint does not have."""
     autoguide_at = record.get("train", {}).get("autoguide_at", TrainConfig().autoguide_at)
-    model = {"num_classes": 0, **record.get("model", {})}
-    return config_from_dict({**record, "model": model,
+    record = {**record, "model": {"num_classes": 0, **record.get("model", {})}}
+    for (group, key), before in LATER_KEYS.items():
+        record[group] = {key: before, **record.get(group, {})}
+    return config_from_dict({**record,
                              "sample": {} if autoguide_at is not None else {"autoguidance": 0.0}})
 
 

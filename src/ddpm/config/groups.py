@@ -21,9 +21,10 @@ CHAMPION_METRICS = {"fid": "lower", "kid_mean": "lower", "precision": "higher", 
 class SampleConfig:
     num_samples: int = 1000
     sampler: Literal["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde"] = "dpmpp_2m_sde"
-    steps: int = 50  # DDIM / DPM-Solver++ steps (the DDPM sampler always takes all T)
+    steps: int = 50  # sampler steps; DDPM's below diffusion.timesteps are those of the respaced chain
     eta: float = 0.0  # DDIM: 0 is deterministic, 1 matches DDPM's sigma (dpmpp_2m_sde is always stochastic)
-    variance: Literal["beta", "beta_tilde"] = "beta"  # DDPM: sigma_t^2 = beta_t or beta~_t
+    # DDPM and the NLL: sigma_t^2 = beta_t or beta~_t (a model with model.learn_sigma uses its own)
+    variance: Literal["beta", "beta_tilde"] = "beta"
     clip_denoised: bool = True
     batch_size: int = 250
     seed: int = 1
@@ -105,7 +106,8 @@ class SweepConfig:
     """FID against the sampler: each of `samplers` at each of `steps`, and DDPM with all T steps; for a
     class-conditional model also FID and conditional accuracy against the guidance weight."""
 
-    samplers: tuple[Literal["ddim", "dpmpp_2m", "dpmpp_2m_sde"], ...] = ("ddim", "dpmpp_2m", "dpmpp_2m_sde")
+    # ddpm here: ancestral sampling on the chain respaced to each of `steps`
+    samplers: tuple[Literal["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde"], ...] = ("ddim", "dpmpp_2m", "dpmpp_2m_sde")
     steps: tuple[int, ...] = (10, 20, 50)
     ddpm: bool = False  # ancestral DDPM with all T steps: 1,000 network calls per sample
     num_samples: int = 250  # per row; FID is biased upward at small N, so compare rows at equal N

@@ -44,6 +44,11 @@ class ModelConfig:
     # the default draws each of MNIST's 10 digits in equal shares, which with autoguidance gave the most
     # readable digits (docs/recipe.md); 0: unconditional, and the model is what it was before classes
     num_classes: int = 10
+    # the reverse variance learned between beta~_t and beta_t (Nichol & Dhariwal 2021): twice the output
+    # channels; train it with train.loss hybrid or vlb
+    learn_sigma: bool = False
+    # AdaGN (Dhariwal & Nichol 2021): GroupNorm(h) (1 + scale) + shift from the embedding; false: h + embedding
+    scale_shift_norm: bool = False
 
     def validate(self) -> None:
         check(self.num_classes >= 0, "model.num_classes", self.num_classes, ">= 0 (0 = unconditional)")
@@ -94,6 +99,12 @@ class TrainConfig:
     ema_sigma_rel: float | None = 0.1
     # min-SNR-gamma loss weighting (Hang et al. 2023); null = L_simple (uniform weights)
     min_snr_gamma: float | None = None
+    # simple: Ho et al.'s L_simple; hybrid: L_simple + 0.001 L_vlb; vlb: L_vlb alone (Nichol & Dhariwal 2021);
+    # hybrid and vlb need model.learn_sigma
+    loss: Literal["simple", "hybrid", "vlb"] = "simple"
+    # t drawn in proportion to the root mean square of its last 10 losses, weighted back to unbiased
+    # (Nichol & Dhariwal 2021, sec. 3.3; for train.loss vlb); false: t uniform
+    importance_sampling: bool = False
     # EDM's training noise levels (Karras et al. 2022): ln sigma ~ N(P_mean, P_std^2) as [P_mean, P_std]
     # (EDM: [-1.2, 1.2]); null = t uniform on 0..T-1 (Ho et al.)
     lognormal_noise: tuple[float, float] | None = None
@@ -131,6 +142,8 @@ class TrainConfig:
                "null (uniform weights) or > 0 (5 in Hang et al.)")
         check(self.lognormal_noise is None or (len(self.lognormal_noise) == 2 and self.lognormal_noise[1] > 0),
               "train.lognormal_noise", self.lognormal_noise, "null (t uniform) or [P_mean, P_std] with P_std > 0")
+        check(not (self.importance_sampling and self.lognormal_noise is not None), "train.importance_sampling",
+              self.importance_sampling, "false when train.lognormal_noise is set (each chooses how t is drawn)")
         check(self.autoguide_at is None or 0.0 < self.autoguide_at < 1.0, "train.autoguide_at", self.autoguide_at,
               "null (no guide) or in (0, 1), e.g. 0.33")
         check(self.log_every >= 1, "train.log_every", self.log_every, ">= 1")

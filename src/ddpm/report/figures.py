@@ -83,8 +83,7 @@ def save_sampler_sweep_figure(path: str | Path, rows: list[dict]) -> None:
     ax = fig.subplots()
     for sampler in dict.fromkeys(r["sampler"] for r in rows):
         mine = sorted((r for r in rows if r["sampler"] == sampler), key=lambda r: r["steps"])
-        label = f"{sampler} (all T steps)" if sampler == "ddpm" else sampler
-        ax.plot([r["steps"] for r in mine], [r["fid"] for r in mine], marker="o", lw=1.2, label=label)
+        ax.plot([r["steps"] for r in mine], [r["fid"] for r in mine], marker="o", lw=1.2, label=sampler)
     for floor, n_floor in sorted({(r["fid_floor"], r["n_floor"]) for r in rows}):
         ax.axhline(floor, color="0.4", ls="--", lw=1, label=f"data floor (N={n_floor})")
     space, n = rows[0]["space"], rows[0]["n_samples"]

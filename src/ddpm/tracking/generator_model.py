@@ -73,7 +73,7 @@ def request_config(row: dict[str, Any], defaults, timesteps: int, num_classes: i
         raise bad(f"bad request {row}: {exc}") from None
     if cfg.sampler not in samplers:
         raise bad(f"sampler = {cfg.sampler!r} is not allowed: choose one of {', '.join(map(repr, samplers))}")
-    if cfg.sampler != "ddpm" and cfg.steps > timesteps:
+    if cfg.steps > timesteps:
         raise bad(f"steps = {cfg.steps} is more than the model's {timesteps} timesteps: ask for at most {timesteps}")
     if cfg.num_samples > MAX_SAMPLES:
         raise bad(f"num_samples = {cfg.num_samples} is too many for one request: ask for at most {MAX_SAMPLES}")
@@ -99,7 +99,7 @@ class DDPMGenerator(PythonModel):
         registered = (context.model_config or {}).get("sample")
         self.defaults = SampleConfig(**registered) if registered else SampleConfig()
         self.ema, self.guide, trained = load_ema_weights(context.artifacts["checkpoint"], self.device)
-        self.diffusion = GaussianDiffusion.from_config(trained.diffusion)
+        self.diffusion = GaussianDiffusion.from_config(trained)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
         from ddpm.sampling import generate
