@@ -1,12 +1,14 @@
-"""Stage evaluate: FID, KID, precision/recall per feature space with data floors, class coverage, and a
-class-conditional model's conditional accuracy."""
+"""Stage evaluate: FID, KID, precision/recall per feature space with data floors, class coverage, a
+class-conditional model's conditional accuracy, and the NLL bound in bits/dim on held-out images."""
 
 import time
 
 import numpy as np
 
+from ddpm.checkpoints import load_ema_weights
 from ddpm.config import Config
-from ddpm.data import floor_indices, load_split
+from ddpm.data import Dataset, floor_indices, load_split
+from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import DataError
 from ddpm.evaluation.feature_spaces import extract
 from ddpm.evaluation.scores import (
@@ -18,6 +20,7 @@ from ddpm.evaluation.scores import (
     fid_per_class,
 )
 from ddpm.io import write_json
+from ddpm.likelihood import dataset_bits_per_dim
 from ddpm.runtime import resolve_device
 from pipeline import paths
 from pipeline.spaces import feature_space, load_reference
@@ -30,6 +33,19 @@ def load_samples(path=paths.SAMPLES) -> tuple[np.ndarray, np.ndarray | None]:
         raise DataError(f"{path} not found: run the sample stage first (dvc repro sample)")
     with np.load(path) as z:
         return z["images"], z["labels"] if "labels" in z.files else None
+
+
+def likelihood(cfg: Config, test: Dataset, device: str) -> dict:
+    """The bound of the served EMA weights on the first evaluate.nll_images held-out images."""
+    ema, _, trained = load_ema_weights(paths.CHECKPOINT, device)
+    n = min(cfg.evaluate.nll_images, len(test))
+    nll = dataset_bits_per_dim(ema, GaussianDiffusion.from_config(trained), test.images[:n],
+                               test.labels[:n] if ema.num_classes else None, terms=cfg.evaluate.nll_terms,
+                               variance=cfg.sample.variance, clip_denoised=cfg.sample.clip_denoised,
+                               batch_size=cfg.evaluate.batch_size, seed=cfg.seed, device=device,
+                               progress=progress_enabled())
+    variance = "learned" if trained.model.learn_sigma else cfg.sample.variance
+    return {**nll, "variance": variance, "conditional": bool(ema.num_classes)}
 
 
 def evaluate(cfg: Config) -> dict:
@@ -62,6 +78,13 @@ def evaluate(cfg: Config) -> dict:
         log.info("%s: FID %.3f (floor %.3f), KID %.4f, precision %.3f, recall %.3f at N=%d in %.1f s", name,
                  m["fid"], m["floor"]["fid"], m["kid_mean"], m["precision"], m["recall"], m["n_samples"],
                  timing[f"{name}_s"])
+    if cfg.evaluate.nll_images:
+        t0 = time.perf_counter()
+        metrics["nll"] = nll = likelihood(cfg, test, device)
+        timing["nll_s"] = time.perf_counter() - t0
+        log.info("NLL %.4f ± %.4f bits/dim on %d held-out images (prior %.4f, KL terms %.4f from %d per image, "
+                 "decoder %.4f) in %.1f s", nll["bits_per_dim"], nll["standard_error"], nll["n"], nll["prior"],
+                 nll["kl"], nll["terms"], nll["decoder"], timing["nll_s"])
     write_json(paths.EVALUATE_METRICS, metrics)
     if "coverage" in metrics:
         c = metrics["coverage"]

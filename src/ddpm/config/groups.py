@@ -90,6 +90,10 @@ class EvaluateConfig:
     pr_k: int = 3  # k of the k-NN manifolds of precision and recall
     batch_size: int = 50  # feature-extraction batch
     confidence: float = 0.9  # a sample is "confidently classified" above this probability
+    # the NLL bound in bits/dim on the first nll_images held-out images (0: not computed), its T - 1 KL terms
+    # estimated from nll_terms stratified timesteps per image (null: all of them, T network calls an image)
+    nll_images: int = 200
+    nll_terms: int | None = 50
 
     def validate(self) -> None:
         check(len(self.spaces) >= 1 and len(set(self.spaces)) == len(self.spaces), "evaluate.spaces",
@@ -99,6 +103,9 @@ class EvaluateConfig:
         check(self.pr_k >= 1, "evaluate.pr_k", self.pr_k, ">= 1")
         check(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, ">= 1")
         check(0.0 < self.confidence < 1.0, "evaluate.confidence", self.confidence, "in (0, 1)")
+        check(self.nll_images >= 0, "evaluate.nll_images", self.nll_images, ">= 0 (0 = no NLL)")
+        check(self.nll_terms is None or self.nll_terms >= 1, "evaluate.nll_terms", self.nll_terms,
+              "null (every KL term) or >= 1")
 
 
 @dataclass(frozen=True)
