@@ -49,6 +49,12 @@ def test_cifar10_profile_is_the_papers_35_7m_model():
     ({"runtime": {"device": "tpu"}}, r"runtime\.device = 'tpu' is out of range"),
     ({"runtime": {"cpu_isa": "avx512"}}, r"runtime\.cpu_isa = 'avx512' is not allowed: choose one of 'avx2', 'native'"),
     ({"sample": {"sampler": "euler"}}, r"sample\.sampler = 'euler' is not allowed: choose one of 'ddpm', 'ddim', 'dpmpp_2m'"),
+    ({"train": {"loss": "hybrid"}}, r"train\.loss = hybrid trains the reverse variance, .*set model\.learn_sigma: true"),
+    ({"train": {"loss": "kl"}}, r"train\.loss = 'kl' is not allowed: choose one of 'simple', 'hybrid', 'vlb'"),
+    ({"train": {"importance_sampling": True, "lognormal_noise": [-1.2, 1.2]}},
+     r"train\.importance_sampling = True .* false when train\.lognormal_noise is set"),
+    ({"evaluate": {"nll_terms": 0}}, r"evaluate\.nll_terms = 0 is out of range: expected null \(every KL term\) or >= 1"),
+    ({"evaluate": {"nll_images": -1}}, r"evaluate\.nll_images = -1 is out of range"),
 ])
 def test_bad_values_name_the_key_and_the_fix(raw, match):
     with pytest.raises(ConfigError, match=match) as info:

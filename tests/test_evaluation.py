@@ -16,6 +16,7 @@ from ddpm.data import Dataset, Splits, load_split, load_splits
 from ddpm.errors import CheckpointError, DataError
 from ddpm.evaluation.classifier import classifier_state, train_classifier
 from ddpm.evaluation.feature_spaces import (
+    NO_LOGITS,
     FidHelperInception,
     domain_space,
     extract,
@@ -192,7 +193,8 @@ def test_the_evaluate_stage_measures_in_the_inception_space(tmp_path):
     project = copy_project(tmp_path / "p")
     use_profile(project, "tiny")
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["evaluate"].update(spaces=["domain", "inception"], kid_subset_size=8, kid_subsets=5)
+    # nll_images 0: no checkpoint here (the samples stand in for a generator), so no NLL bound
+    params["evaluate"].update(spaces=["domain", "inception"], kid_subset_size=8, kid_subsets=5, nll_images=0)
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     for stage in ("prepare", "classifier", "reference"):
         run([sys.executable, "-m", f"pipeline.{stage}"], cwd=project)
@@ -213,4 +215,14 @@ def test_the_evaluate_stage_measures_in_the_inception_space(tmp_path):
     expected = frechet_distance(gaussian_stats(features), gaussian_stats(reference.test["2048"]))
     assert m["fid"] == pytest.approx(expected, rel=1e-6)
     assert m["fid"] > m["floor"]["fid"] > 0  # noisy digits are further from the held-out digits than real ones
+    # sFID from the same forward pass, against the reference stage's spatial features; no Inception Score with the
+    # default weights (no classifier layer): null and the reason, not a number
+    assert reference.test["spatial"].shape == (n_test, 2023)
+    spatial = extract(space, samples)["spatial"]
+    assert m["sfid"] == pytest.approx(frechet_distance(gaussian_stats(spatial), gaussian_stats(reference.test["spatial"])),
+                                      rel=1e-6)
+    assert m["sfid"] > m["floor"]["sfid"] > 0
+    assert m["inception_score"] is None and m["floor"]["inception_score"] is None
+    assert m["inception_score_unavailable"] == NO_LOGITS
+    assert "sfid" not in evaluation["domain"] and "inception_score" not in evaluation["domain"]
     assert {"domain", "coverage"} <= set(evaluation)

@@ -190,6 +190,31 @@ def test_importance_weights_make_the_expected_loss_the_uniform_one():
     torch.manual_seed(1)
     t, weights = sampler.sample(200_000, torch.device("cpu"))
     assert (weights.double() * losses[t]).mean().item() == pytest.approx(losses.mean().item(), rel=0.01)
+    for extra in (100.0, 200.0):  # each t keeps its newest 10 losses, oldest first
+        sampler.update(torch.tensor([3]), torch.tensor([extra]))
+    torch.testing.assert_close(sampler.losses[3], torch.cat([losses[3].repeat(8), torch.tensor([100.0, 200.0],
+                                                                                               dtype=torch.float64)]))
     restored = LossSecondMomentTimesteps(20)
     restored.load_state_dict(sampler.state_dict())
-    torch.testing.assert_close(restored.probs(), probs, rtol=0, atol=0)
+    torch.testing.assert_close(restored.probs(), sampler.probs(), rtol=0, atol=0)
+
+
+def test_the_prior_term_is_the_kl_of_q_x_T_from_the_standard_normal():
+    from ddpm.likelihood import prior_bpd
+    from ddpm.schedules import linear_betas
+
+    d = GaussianDiffusion(linear_betas(10), "eps")  # a short chain: abar_T is far from 0
+    x0 = torch.full((1, 1, 2, 2), 0.5, dtype=torch.float64)
+    abar = d.alphas_cumprod[-1].item()
+    expected = 0.5 * (-math.log(1 - abar) + (1 - abar) + abar * 0.25 - 1) / math.log(2)
+    assert prior_bpd(d, x0).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_network_with_the_wrong_channel_count_is_one_line():
+    from ddpm.errors import CheckpointError
+
+    fixed = GaussianDiffusion(cosine_betas(10), "eps")
+    x = torch.zeros(1, 1, 2, 2)
+    with pytest.raises(CheckpointError, match=r"the network gives 2 channels for 1-channel images, expected 1: "
+                                              r"model\.learn_sigma does not match the checkpoint"):
+        fixed.p_mean_variance(torch.zeros(1, 2, 2, 2), x, torch.tensor([3]))

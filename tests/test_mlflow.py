@@ -211,6 +211,8 @@ def test_repro_logs_one_run_and_registers_one_version(first_repro, server, proje
     assert r.data.metrics["domain.fid"] == pytest.approx(evaluation["domain"]["fid"])
     assert r.data.metrics["domain.floor.fid"] == pytest.approx(evaluation["domain"]["floor"]["fid"])
     assert r.data.metrics["domain.n_samples"] == 24 and r.data.tags["ddpm.domain.weights"].startswith("domain")
+    assert r.data.metrics["nll.bits_per_dim"] == pytest.approx(evaluation["nll"]["bits_per_dim"])
+    assert r.data.metrics["nll.standard_error"] == pytest.approx(evaluation["nll"]["standard_error"])
     assert r.data.metrics["train.steps"] == 6 and "sweep.ddim_4.fid" in r.data.metrics
     # sample grid, loss plot and the report
     files = {a.path for a in c.list_artifacts(run_id)} | {a.path for a in c.list_artifacts(run_id, "figures")}

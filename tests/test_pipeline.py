@@ -55,11 +55,16 @@ def test_repro_runs_every_stage_and_writes_the_report(first_repro, project):
     assert domain["fid"] > domain["floor"]["fid"]  # 6 training steps give noise, far from real images
     for key in ("kid_mean", "kid_std", "precision", "recall"):
         assert key in domain and key in domain["floor"]
+    nll = evaluate["nll"]  # the bound on 8 held-out images from 5 stratified KL terms each
+    assert nll["n"] == 8 and nll["terms"] == 5 and nll["variance"] == "beta" and not nll["conditional"]
+    assert nll["bits_per_dim"] == pytest.approx(nll["prior"] + nll["kl"] + nll["decoder"]) and nll["bits_per_dim"] > 0
+    assert f"NLL bound **{nll['bits_per_dim']:.4f} ±" in report
     sweep = (project / "reports/plots/sampler_sweep.csv").read_text().splitlines()
     assert sweep[0].startswith("sampler,steps,space,fid")
     assert [tuple(r.split(",")[:2]) for r in sweep[1:]] == [("ddim", "2"), ("ddim", "4"), ("dpmpp_2m", "2"),
                                                             ("dpmpp_2m", "4"), ("dpmpp_2m_sde", "2"),
-                                                            ("dpmpp_2m_sde", "4"), ("ddpm", "50")]
+                                                            ("dpmpp_2m_sde", "4"), ("ddpm", "2"), ("ddpm", "4"),
+                                                            ("ddpm", "50")]
     # an unconditional model: no guidance sweep, and its DVC plot holds the header only
     assert (project / "reports/plots/guidance_sweep.csv").read_text().splitlines() == [
         "guidance,fid,fid_floor,accuracy,space,n_samples,n_floor"]

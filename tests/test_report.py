@@ -236,3 +236,19 @@ def test_dvc_plots_draw_every_declared_figure(tracked_dag):
         read(tracked_dag.project, "reports/metrics/evaluate.json")["coverage"]["per_class"])
     diff = tracked_dag.run([sys.executable, "-m", "dvc", "metrics", "diff", "HEAD", "--json"]).stdout
     assert "domain.fid" in json.dumps(json.loads(diff))
+
+
+def test_the_inception_rows_show_sfid_with_its_floor_and_say_why_is_is_missing():
+    from ddpm.report.render import _metric_rows
+
+    floor = {"fid": 1.0, "sfid": 2.0, "kid_mean": 0.01, "precision": 0.7, "recall": 0.6, "inception_score": None,
+             "inception_score_std": None, "n_samples": 100}
+    inception = {**floor, "fid": 5.0, "sfid": 7.5, "kid_std": 0.001, "n_samples": 100, "n_reference": 200,
+                 "inception_score_unavailable": "not available: no classifier layer", "floor": floor}
+    rows = _metric_rows({"inception": inception}, {})
+    assert "| sFID ↓ | inception | 100 vs 200 | 7.5 | 2 (N=100) | — |" in rows
+    assert "| Inception Score ↑ | inception | — | not available: no classifier layer | — | — |" in rows
+    with_is = {**inception, "inception_score": 3.25, "inception_score_std": 0.125,
+               "floor": {**floor, "inception_score": 9.5}}
+    assert "| Inception Score ↑ | inception | 100 vs 200 | 3.25 ± 0.12 | 9.5 (N=100) | — |" in _metric_rows(
+        {"inception": with_is}, {})

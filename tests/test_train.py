@@ -155,13 +155,13 @@ def test_loss_decreases(images):
 
 def test_lognormal_noise_draws_the_training_timesteps_from_edms_distribution(monkeypatch, images):
     drawn = {}
-    real_loss = GaussianDiffusion.training_losses
+    real_loss = GaussianDiffusion.training_loss
 
     def recording_loss(self, model, x0, t, noise, **kwargs):
         drawn.setdefault("t", []).append(t)
         return real_loss(self, model, x0, t, noise, **kwargs)
 
-    monkeypatch.setattr(GaussianDiffusion, "training_losses", recording_loss)
+    monkeypatch.setattr(GaussianDiffusion, "training_loss", recording_loss)
     timesteps = {}
     for noise_levels in (None, (-1.2, 1.2)):
         drawn.clear()

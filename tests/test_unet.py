@@ -64,3 +64,30 @@ def test_cpu_dropout_keeps_a_bernoulli_share_scaled_by_one_over_keep():
     assert torch.equal(g.grad, out.detach())  # the gradient is the same mask times 1 / (1 - p)
     drop.eval()
     assert torch.equal(drop(x), x)
+
+
+@pytest.mark.parametrize("scale_shift_norm", [False, True])
+def test_a_res_block_adds_the_embedding_or_scales_and_shifts_the_norm_by_it(scale_shift_norm):
+    """Ho et al.'s block adds the embedding before the second GroupNorm; AdaGN (guided-diffusion's ResBlock)
+    applies it after: GroupNorm(h) (1 + scale) + shift."""
+    from ddpm.unet import ResBlock
+
+    torch.manual_seed(0)
+    block = ResBlock(8, 8, 16, dropout=0.0, groups=4, scale_shift_norm=scale_shift_norm).eval()
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x, temb = torch.randn(2, 8, 5, 5), torch.randn(2, 16)
+    h = block.conv1(F.silu(block.norm1(x)))
+    emb = block.temb_proj(F.silu(temb))[:, :, None, None]
+    if scale_shift_norm:
+        h = block.norm2(h) * (1 + emb[:, :8]) + emb[:, 8:]
+    else:
+        h = block.norm2(h + emb)
+    torch.testing.assert_close(block(x, temb), x + block.conv2(F.silu(h)))
+
+
+def test_learned_variance_doubles_the_output_channels():
+    cfg = ModelConfig(base_channels=8, channel_mult=(1, 2), attention_resolutions=(), norm_groups=4, learn_sigma=True,
+                      scale_shift_norm=True)
+    x = torch.randn(2, 3, 16, 16)
+    assert UNet(cfg, 16, 3)(x, torch.tensor([0, 9])).shape == (2, 6, 16, 16)

@@ -219,11 +219,20 @@ class GaussianDiffusion:
         return vlb if loss == "vlb" else losses + HYBRID_VLB_WEIGHT * vlb
 
     def training_loss(self, model: Model, x0: torch.Tensor, t: torch.Tensor | None = None,
-                      noise: torch.Tensor | None = None, **settings) -> torch.Tensor:
-        """The mean of training_losses over the batch, t ~ U{0..T-1} unless given."""
+                      noise: torch.Tensor | None = None, *, loss: Loss = "simple",
+                      min_snr_gamma: float | None = None) -> torch.Tensor:
+        """The mean of training_losses over the batch, t ~ U{0..T-1} unless given.
+
+        Unweighted L_simple is the mean over every element at once, as it was before per-image losses: the
+        same value to the last bit, so the default's checkpoint keeps its bytes."""
         if t is None:
             t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
-        return self.training_losses(model, x0, t, noise, **settings).mean()
+        if loss == "simple" and min_snr_gamma is None:
+            noise = torch.randn_like(x0) if noise is None else noise
+            x_t = self.q_sample(x0, t, noise)
+            prediction, _ = self.split_output(model(x_t, t), x_t)
+            return (prediction.float() - self.training_target(x0, t, noise).float()).square().mean()
+        return self.training_losses(model, x0, t, noise, loss=loss, min_snr_gamma=min_snr_gamma).mean()
 
     def vb_terms_bpd(
         self, model_output: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, *,

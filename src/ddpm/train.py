@@ -224,8 +224,11 @@ def train(
                 uniform = torch.rand(tc.batch_size, device=device)[local]
                 net = partial(forward, y=drop_labels(label_data[idx], uniform, tc.cond_drop, num_classes))
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                losses = diffusion.training_losses(net, x0, t, noise, loss=tc.loss, min_snr_gamma=tc.min_snr_gamma)
-                loss = losses.mean() if weights is None else (weights[local] * losses).mean()
+                if timesteps.uses_losses:
+                    losses = diffusion.training_losses(net, x0, t, noise, loss=tc.loss, min_snr_gamma=tc.min_snr_gamma)
+                    loss = (weights[local] * losses).mean()
+                else:
+                    loss = diffusion.training_loss(net, x0, t, noise, loss=tc.loss, min_snr_gamma=tc.min_snr_gamma)
             if timesteps.uses_losses:
                 timesteps.update(t_global, gather_batch(losses.detach(), ddp.world_size))
             optimizer.zero_grad(set_to_none=True)

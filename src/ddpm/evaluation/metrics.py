@@ -2,9 +2,11 @@
 
     FID(N(mu1, S1), N(mu2, S2)) = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))
 
-on float64 statistics; KID is the unbiased polynomial-kernel MMD^2 averaged over random
-subsets (mean and std); precision and recall use k-NN manifolds (Kynkaanniemi et al. 2019,
-k = 3 as in "Diffusion models beat GANs"): precision is the share of samples inside the real
+on float64 statistics; sFID is the same distance on Inception's spatial features (Nash et al.
+2021). KID is the unbiased polynomial-kernel MMD^2 averaged over random subsets (mean and
+std). The Inception Score is exp(E_x KL(p(y|x) || p(y))) from Inception's logits, mean and std
+over splits (torch-fidelity's `isc`). Precision and recall use k-NN manifolds (Kynkaanniemi et
+al. 2019, k = 3 as in "Diffusion models beat GANs"): precision is the share of samples inside the real
 manifold, recall the share of real images inside the samples' manifold. Class coverage
 compares the classifier's verdicts on samples with the class shares of the real data: a
 mode-collapsed generator misses classes.
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
@@ -63,6 +66,23 @@ def precision_recall(generated: np.ndarray, real: np.ndarray, k: int = 3) -> tup
     out = prc_features_to_metric(torch.from_numpy(generated).float(), torch.from_numpy(real).float(),
                                  prc_neighborhood=k, prc_batch_size=10000, save_cpu_ram=False, verbose=False)
     return float(out[KEY_METRIC_PRECISION]), float(out[KEY_METRIC_RECALL])
+
+
+IS_SPLITS = 10  # as torch-fidelity's isc and the improved-gan code
+
+
+def inception_score(logits: np.ndarray, seed: int = 0, splits: int = IS_SPLITS) -> dict[str, float | int]:
+    """Inception Score from (N, classes) logits: per split exp(mean_x KL(p(y|x) || mean p(y|x))) over the
+    split's images, then the splits' mean and std, computed by torch-fidelity's `isc_features_to_metric` (in
+    float64, after one shuffle by `seed`). Below 2 * splits images there are N // 2 splits, each of 2 or more
+    images (one image alone always gives 1); the number used is returned with the score."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.ndim != 2 or len(logits) < 2 or not np.isfinite(logits).all():
+        raise DataError(f"the Inception Score needs finite (N >= 2, classes) logits, got shape {logits.shape}")
+    splits = max(1, min(splits, len(logits) // 2))
+    out = isc_features_to_metric(torch.from_numpy(logits), splits=splits, shuffle=True, rng_seed=seed)
+    return {"inception_score": float(out[KEY_METRIC_ISC_MEAN]), "inception_score_std": float(out[KEY_METRIC_ISC_STD]),
+            "inception_score_splits": splits}
 
 
 def confident_share(probs: np.ndarray, confidence: float) -> float:

@@ -1,9 +1,12 @@
 """Evaluation in each feature space: FID, KID, precision/recall, the data floor; class coverage.
 
-The held-out images' features (the reference) are computed once; each evaluation extracts
+The Inception space adds sFID (on its spatial features) and the Inception Score (from its
+logits, where the weights have the classifier layer; else null, with the reason). The
+held-out images' features (the reference) are computed once; each evaluation extracts
 only the samples' features. Every number carries its feature space and its N. The data floor
 is the same metric between real training images and the held-out split at the same N: the
-best score any generator can expect at that sample count.
+best score any generator can expect at that sample count (for the Inception Score, which
+looks at one set, the score of those real training images).
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ from scipy.special import softmax
 
 from ddpm.config.groups import EvaluateConfig
 from ddpm.errors import DataError
-from ddpm.evaluation.feature_spaces import FeatureSpace, extract
+from ddpm.evaluation.feature_spaces import NO_LOGITS, FeatureSpace, extract
 from ddpm.evaluation.metrics import (
     class_coverage,
     confident_share,
     frechet_distance,
     gaussian_stats,
+    inception_score,
     kid,
     precision_recall,
 )
@@ -46,7 +50,9 @@ def check_samples(samples: np.ndarray, image_shape: tuple[int, ...]) -> None:
 
 @dataclass
 class Reference:
-    """Real-image features in one space: the held-out split and the floor's training images."""
+    """Real-image features in one space: the held-out split and the floor's training images.
+
+    Saved as float32, which loses nothing (every extractor computes in float32), loaded as float64."""
 
     space: str
     weights: str  # which network/weights produced them (the report names it)
@@ -54,7 +60,8 @@ class Reference:
     floor: dict[str, np.ndarray]
 
     def save(self, path: str | Path) -> None:
-        arrays = {f"test__{k}": v for k, v in self.test.items()} | {f"floor__{k}": v for k, v in self.floor.items()}
+        arrays = ({f"test__{k}": v.astype(np.float32) for k, v in self.test.items()}
+                  | {f"floor__{k}": v.astype(np.float32) for k, v in self.floor.items()})
         save_npz(path, space=np.array(self.space), weights=np.array(self.weights), **arrays)
 
     @classmethod
@@ -67,7 +74,7 @@ class Reference:
             for key in z.files:
                 if "__" in key:
                     part, name = key.split("__", 1)
-                    split[part][name] = z[key]
+                    split[part][name] = z[key].astype(np.float64)
             return cls(str(z["space"]), str(z["weights"]), split["test"], split["floor"])
 
 
@@ -88,14 +95,44 @@ def compare(generated: np.ndarray, real: np.ndarray, cfg: EvaluateConfig, seed: 
 
 def evaluate_space(generated: dict[str, np.ndarray], ref: Reference, feature: str, cfg: EvaluateConfig,
                    seed: int = 0) -> dict:
-    """Metrics of the samples against the held-out split, with the data floor at the same N."""
+    """Metrics of the samples against the held-out split, with the data floor at the same N; in the
+    Inception space also sFID and the Inception Score (`inception_metrics`)."""
     samples, test, floor = generated[feature], ref.test[feature], ref.floor[feature]
     n_floor = min(len(samples), len(floor))
+    mine, at_floor = inception_metrics(generated, ref, n_floor, seed)
     return {
         "weights": ref.weights, "n_samples": len(samples), "n_reference": len(test),
-        **compare(samples, test, cfg, seed),
-        "floor": {"n_samples": n_floor, **compare(floor[:n_floor], test, cfg, seed)},
+        **compare(samples, test, cfg, seed), **mine,
+        "floor": {"n_samples": n_floor, **compare(floor[:n_floor], test, cfg, seed), **at_floor},
     }
+
+
+INCEPTION = "inception"  # the one space whose "logits" are Inception's ImageNet classifier's (IS needs those)
+
+
+def inception_metrics(generated: dict[str, np.ndarray], ref: Reference, n_floor: int, seed: int = 0) -> tuple[dict, dict]:
+    """sFID where the space has "spatial" features, the Inception Score (mean, std, splits) in the Inception
+    space: of the samples, and of the floor's first `n_floor` real images (the floor). Without the classifier
+    layer the Inception Score is None, with the reason in `inception_score_unavailable`."""
+    mine: dict = {}
+    at_floor: dict = {}
+    for name in ("spatial", "logits") if ref.space == INCEPTION else ("spatial",):
+        if (name in generated) != (name in ref.test and name in ref.floor):  # a reference from older code
+            which = "the samples have" if name in generated else "the reference has"
+            raise DataError(f'{which} "{name}" features in the {ref.space} space and the other has none: re-run '
+                            "the reference stage (dvc repro reference)")
+    if "spatial" in generated:
+        test = gaussian_stats(ref.test["spatial"])
+        mine["sfid"] = frechet_distance(gaussian_stats(generated["spatial"]), test)
+        at_floor["sfid"] = frechet_distance(gaussian_stats(ref.floor["spatial"][:n_floor]), test)
+    if ref.space == INCEPTION and "logits" in generated:
+        mine |= inception_score(generated["logits"], seed)
+        at_floor |= inception_score(ref.floor["logits"][:n_floor], seed)
+    elif ref.space == INCEPTION:
+        none = {"inception_score": None, "inception_score_std": None}
+        mine |= none | {"inception_score_unavailable": NO_LOGITS}
+        at_floor |= none
+    return mine, at_floor
 
 
 def fid_with_floor(generated: dict[str, np.ndarray], ref: Reference, feature: str) -> dict:

@@ -46,15 +46,36 @@ def _metric_rows(evaluation: dict, registry: dict) -> list[str]:
         if not m:
             continue
         floor = m["floor"]
-        for key, label in (("fid", "FID ↓"), ("kid_mean", "KID ↓"), ("precision", "precision ↑"),
-                           ("recall", "recall ↑")):
-            value = f"{m[key]:.4g}" + (f" ± {m['kid_std']:.2g}" if key == "kid_mean" else "")
+        for key, label in (("fid", "FID ↓"), ("sfid", "sFID ↓"), ("kid_mean", "KID ↓"), ("precision", "precision ↑"),
+                           ("recall", "recall ↑"), ("inception_score", "Inception Score ↑")):
+            if key not in m:  # sFID and IS: the inception space only
+                continue
+            if m[key] is None:  # IS without the network's classifier (the offline weights have none)
+                rows.append(f"| {label} | {space} | — | {m.get(f'{key}_unavailable', 'not available')} | — | — |")
+                continue
+            spread = {"kid_mean": "kid_std", "inception_score": "inception_score_std"}.get(key)
+            value = f"{m[key]:.4g}" + (f" ± {m[spread]:.2g}" if spread else "")
             held = "—"
             if champion and champion["metric"] == f"{space}.{key}":
                 held = f"v{champion['version']}: {champion['value']:.4g} (N={champion['under']['n_samples']})"
             rows.append(f"| {label} | {space} | {m['n_samples']} vs {m['n_reference']} | {value} | "
                         f"{floor[key]:.4g} (N={floor['n_samples']}) | {held} |")
     return rows
+
+
+def _likelihood_lines(nll: dict, timesteps: int) -> list[str]:
+    """The NLL bound of evaluate.json, with its parts and how it was estimated."""
+    if not nll:
+        return ["Likelihood: not computed in this run (evaluate.nll_images: 0).", ""]
+    given = "p(x | y), each image with its own class" if nll["conditional"] else "p(x)"
+    estimate = ("every KL term" if nll["terms"] >= timesteps - 1 else
+                f"{nll['terms']} stratified KL terms of {timesteps - 1} per image (an unbiased estimate of their sum)")
+    return [
+        "## Likelihood", "",
+        f"NLL bound **{nll['bits_per_dim']:.4f} ± {nll['standard_error']:.2g} bits/dim** (± one standard error) of "
+        f"{given} on {nll['n']} held-out images: prior L_T {nll['prior']:.3g}, KL terms {nll['kl']:.4g}, "
+        f"decoder L_0 {nll['decoder']:.4g}; {estimate}, reverse variance {nll['variance']}.", "",
+    ]
 
 
 def _sweep_rows(sweep: dict, speed: dict) -> list[str]:
@@ -189,6 +210,7 @@ def render_markdown(*, params: dict, data_meta: dict, metrics: dict[str, dict], 
         f"precision and recall (k = {params['evaluate']['pr_k']}) rise towards the floor's. The champion column "
         "holds the current champion's value of the metric the champion gate compares (the registry records that "
         "one measurement).", "",
+        *_likelihood_lines(evaluation.get("nll", {}), params["diffusion"]["timesteps"]),
     ]
     if coverage:
         lines += [
