@@ -8,8 +8,9 @@ term by term as Nichol & Dhariwal 2021 compute it (improved-diffusion's `calc_bp
 
 (in code's 0-based t: the decoder at t = 0 and KL terms at t = 1..T-1). Every term is averaged over the
 image's dimensions and divided by log 2. The T - 1 KL terms cost a network call each; with `terms` = K
-they are estimated by stratified sampling instead: 1..T-1 cut into K runs of consecutive timesteps, one t drawn
-uniformly in each and its term counted (run length) times, an unbiased estimate of their sum per image.
+they are estimated by stratified sampling instead: 1..T-1 cut into at most K runs of consecutive timesteps,
+growing geometrically, one t drawn uniformly in each and its term counted (run length) times, an unbiased
+estimate of their sum per image.
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ def prior_bpd(diffusion: GaussianDiffusion, x0: torch.Tensor) -> torch.Tensor:
 
 def stratified_timesteps(num_timesteps: int, terms: int, batch: int, generator: torch.Generator
                          ) -> list[tuple[torch.Tensor, int]]:
-    """(t per image, run length) for each of `terms` runs of 1..T-1, t uniform within its run."""
-    edges = np.unique(np.round(np.linspace(1, num_timesteps, terms + 1)).astype(int))
+    """(t per image, run length) for each of at most `terms` runs of 1..T-1, t uniform within its run.
+
+    The runs grow geometrically: the terms of small t are the large ones and change fastest, so the first
+    runs are single timesteps, counted exactly, and the long runs are where the terms are small and smooth."""
+    edges = np.unique(np.round(np.geomspace(1, num_timesteps, terms + 1)).astype(int))
     draws = torch.rand(len(edges) - 1, batch, generator=generator, dtype=torch.float64)
     return [(lo + (u * (hi - lo)).long().clamp(max=hi - lo - 1), int(hi - lo))
             for lo, hi, u in zip(edges[:-1], edges[1:], draws)]
