@@ -10,6 +10,7 @@ TEST_SPLIT = PREPARED / "test.npz"
 DATA_META = PREPARED / "meta.json"
 
 CLASSIFIER = Path("models/classifier.pt")
+NOISY_CLASSIFIER = Path("models/noisy_classifier.pt")  # classifier guidance's p(y | x_t, t); not the domain classifier
 CHECKPOINT = Path("models/checkpoint.pt")
 RESUME = Path("models/resume")  # snapshots of a run in progress (ddpm.checkpoints.SnapshotStore); not DVC's
 
@@ -25,6 +26,7 @@ def reference_file(space: str) -> Path:
 REPORTS = Path("reports")
 METRICS = REPORTS / "metrics"
 CLASSIFIER_METRICS = METRICS / "classifier.json"
+NOISY_CLASSIFIER_METRICS = METRICS / "noisy_classifier.json"
 TRAIN_METRICS = METRICS / "train.json"
 SAMPLE_METRICS = METRICS / "sample.json"
 EVALUATE_METRICS = METRICS / "evaluate.json"

@@ -359,7 +359,7 @@ def test_a_tiny_conditional_dag_end_to_end(tmp_path):
         assert row["guidance"] == w and row["n_samples"] == 12 and 0 <= row["accuracy"] <= 1
         assert row["fid"] > 0 and row["space"] == "domain"
     table = (project / "reports/plots/guidance_sweep.csv").read_text().splitlines()
-    assert table[0] == "guidance,fid,fid_floor,accuracy,space,n_samples,n_floor" and len(table) == 3
+    assert table[0] == "guidance,classifier_scale,fid,fid_floor,accuracy,space,n_samples,n_floor" and len(table) == 3
     report = (project / "reports/report.md").read_text()
     assert "## Class-conditional samples" in report
     assert (f"Conditional accuracy: {conditional['accuracy']:.4g} of 24 samples (classifier-free guidance w = 1, "

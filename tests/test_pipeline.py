@@ -13,7 +13,8 @@ import yaml
 
 from tests.helpers import copy_project, ran, run, use_profile
 
-STAGES = ["prepare", "classifier", "reference", "train", "register", "sample", "evaluate", "sweep", "promote", "report"]
+STAGES = ["prepare", "classifier", "noisy_classifier", "reference", "train", "register", "sample", "evaluate", "sweep",
+          "promote", "report"]
 REGISTRY = ["register"]  # always_changed: it asks the MLflow registry on every run
 pytestmark = pytest.mark.slow
 
@@ -67,7 +68,11 @@ def test_repro_runs_every_stage_and_writes_the_report(first_repro, project):
                                                             ("ddpm", "50")]
     # an unconditional model: no guidance sweep, and its DVC plot holds the header only
     assert (project / "reports/plots/guidance_sweep.csv").read_text().splitlines() == [
-        "guidance,fid,fid_floor,accuracy,space,n_samples,n_floor"]
+        "guidance,classifier_scale,fid,fid_floor,accuracy,space,n_samples,n_floor"]
+    # no classifier guidance asked for: the noisy classifier's file says it was not trained
+    assert json.loads((project / "models/noisy_classifier.pt").read_text())["noisy_classifier"] == "not trained"
+    assert json.loads((project / "reports/metrics/noisy_classifier.json").read_text()) == {
+        "noisy_classifier": {"trained": False}}
     assert "guidance" not in json.loads((project / "reports/metrics/sweep.json").read_text())
     assert "## Class-conditional samples" not in report
     meta = json.loads((project / "data/prepared/meta.json").read_text())
@@ -114,7 +119,9 @@ TOUCHED = [
     # (register runs on every `dvc repro` anyway: it asks the registry)
     ("src/ddpm/evaluation/inception.py", {"reference", "evaluate", "sweep"}),  # nor does an Inception edit
     ("src/ddpm/report/render.py", {"report"}),  # the renderer is the report's alone
-    ("src/ddpm/unet.py", {"train", "register", "sample", "sweep", "report"}),  # the model: not the scores
+    # the model (and the noisy classifier built of its blocks), and evaluate, whose NLL runs the model; not the
+    # reference features
+    ("src/ddpm/unet.py", {"noisy_classifier", "train", "register", "sample", "evaluate", "sweep", "report"}),
 ]
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from ddpm.config.groups import (
     ClassifierConfig,
     EvaluateConfig,
+    NoisyClassifierConfig,
     RuntimeConfig,
     SampleConfig,
     SweepConfig,
@@ -41,6 +42,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    noisy_classifier: NoisyClassifierConfig = field(default_factory=NoisyClassifierConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -65,6 +67,9 @@ class Config:
                     f"model.attention_resolutions contains {res}, which is not a U-Net resolution "
                     f"for image_size {self.data.image_size}: choose from {sorted(resolutions)}"
                 )
+
+        if self.sample.classifier_scale or self.sweep.classifier_scales:  # the noisy classifier will be trained
+            self._check_noisy_classifier()
 
         gate_space = self.tracking.champion_metric.partition(".")[0]
         if gate_space not in self.evaluate.spaces:
@@ -105,6 +110,18 @@ class Config:
                 f"sample.num_samples = {n} is too few for evaluate.kid_subset_size = {ev.kid_subset_size} and "
                 f"evaluate.pr_k = {ev.pr_k}: raise sample.num_samples or lower those two"
             )
+
+    def _check_noisy_classifier(self) -> None:
+        nc, size = self.noisy_classifier, self.data.image_size
+        levels = len(nc.channel_mult) - 1
+        if size % (2**levels):
+            raise ConfigError(f"noisy_classifier.channel_mult has {levels + 1} levels, which cannot halve data.image_size"
+                              f" = {size} {levels} times: use fewer levels or a size divisible by {2**levels}")
+        resolutions = {size // 2**i for i in range(levels + 1)}
+        if not set(nc.attention_resolutions) <= resolutions:
+            raise ConfigError(f"noisy_classifier.attention_resolutions contains "
+                              f"{min(set(nc.attention_resolutions) - resolutions)}, which is not a resolution of the "
+                              f"classifier for image_size {size}: choose from {sorted(resolutions)}")
 
     def to_dict(self) -> dict[str, Any]:
         return plain(dataclasses.asdict(self))

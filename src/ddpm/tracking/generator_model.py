@@ -66,8 +66,9 @@ def request_config(row: dict[str, Any], defaults, timesteps: int, num_classes: i
             defaults, num_samples=n, sampler=str(_value(row, "sampler", defaults.sampler)),
             steps=int(_value(row, "steps", defaults.steps)), seed=int(_value(row, "seed", defaults.seed)),
             batch_size=int(_value(row, "batch_size", min(n, defaults.batch_size)) or 1),
-            classes=(int(label),) if label is not None else defaults.classes,
-            guidance=float(defaults.guidance if guidance is None else guidance))
+            classes=(int(label),) if label is not None else defaults.classes if num_classes else None,
+            guidance=float(defaults.guidance if guidance is None else guidance),
+            classifier_scale=0.0)  # not served: the noisy classifier of classifier guidance is no artifact here
         cfg.validate()
     except (TypeError, ValueError, ConfigError) as exc:
         raise bad(f"bad request {row}: {exc}") from None
