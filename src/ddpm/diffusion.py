@@ -203,12 +203,10 @@ class GaussianDiffusion:
         that a uniform t stands for; inside it the mean is detached, so L_vlb trains the variance alone (sec.
         3.1: L_simple is the better objective for the mean) unless it is the whole loss.
         """
-        noise = torch.randn_like(x0) if noise is None else noise
-        x_t = self.q_sample(x0, t, noise)
-        output = model(x_t, t)
+        output, x_t, squared = self._squared_error(model, x0, t, noise)
         prediction, variance_values = self.split_output(output, x_t)
         if loss != "vlb":
-            squared = (prediction.float() - self.training_target(x0, t, noise).float()).square().flatten(1).mean(1)
+            squared = squared.flatten(1).mean(1)
             losses = squared if min_snr_gamma is None else self.loss_weight(t, min_snr_gamma).float() * squared
             if loss == "simple":
                 return losses
@@ -228,11 +226,17 @@ class GaussianDiffusion:
         if t is None:
             t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
         if loss == "simple" and min_snr_gamma is None:
-            noise = torch.randn_like(x0) if noise is None else noise
-            x_t = self.q_sample(x0, t, noise)
-            prediction, _ = self.split_output(model(x_t, t), x_t)
-            return (prediction.float() - self.training_target(x0, t, noise).float()).square().mean()
+            return self._squared_error(model, x0, t, noise)[2].mean()
         return self.training_losses(model, x0, t, noise, loss=loss, min_snr_gamma=min_snr_gamma).mean()
+
+    def _squared_error(self, model: Model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The network's output at x_t ~ q(x_t | x_0), x_t, and the prediction's elementwise squared error."""
+        noise = torch.randn_like(x0) if noise is None else noise
+        x_t = self.q_sample(x0, t, noise)
+        output = model(x_t, t)
+        prediction, _ = self.split_output(output, x_t)
+        return output, x_t, (prediction.float() - self.training_target(x0, t, noise).float()).square()
 
     def vb_terms_bpd(
         self, model_output: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, *,

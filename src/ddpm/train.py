@@ -227,10 +227,9 @@ def train(
                 if timesteps.uses_losses:
                     losses = diffusion.training_losses(net, x0, t, noise, loss=tc.loss, min_snr_gamma=tc.min_snr_gamma)
                     loss = (weights[local] * losses).mean()
+                    timesteps.update(t_global, gather_batch(losses.detach(), ddp.world_size))
                 else:
                     loss = diffusion.training_loss(net, x0, t, noise, loss=tc.loss, min_snr_gamma=tc.min_snr_gamma)
-            if timesteps.uses_losses:
-                timesteps.update(t_global, gather_batch(losses.detach(), ddp.world_size))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
