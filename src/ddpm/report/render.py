@@ -69,7 +69,8 @@ def _likelihood_lines(nll: dict, timesteps: int) -> list[str]:
         return ["Likelihood: not computed in this run (evaluate.nll_images: 0).", ""]
     given = "p(x | y), each image with its own class" if nll["conditional"] else "p(x)"
     estimate = ("every KL term" if nll["terms"] >= timesteps - 1 else
-                f"{nll['terms']} stratified KL terms of {timesteps - 1} per image (an unbiased estimate of their sum)")
+                f"{nll['terms']} stratified KL terms per image, an unbiased estimate of the sum over the "
+                f"T = {timesteps} chain")
     return [
         "## Likelihood", "",
         f"NLL bound **{nll['bits_per_dim']:.4f} ± {nll['standard_error']:.2g} bits/dim** (± one standard error) of "
