@@ -11,11 +11,17 @@ Input: one row per request, columns `num_samples` (required), `sampler` ("ddpm",
 from the `sample` parameters the model was registered with (its model config), so a request with
 only `num_samples` = sample.num_samples returns the sample stage's images. Output: uint8 images,
 N x H x W x C, the rows' images in order. DDPM_DEVICE (default "auto") picks the device.
+
+A request is bounded as a whole: at most MAX_SAMPLES images and MAX_NETWORK_CALLS U-Net evaluations over
+all its rows (images x steps x networks; `ddpm` takes `steps` on its respaced chain). Every value is
+checked for type and range before any sampling; a refusal, or a failure while sampling, is one line
+(RequestError), never a stack trace.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
+import logging
 import math
 import os
 import typing
@@ -25,68 +31,126 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import set_model
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
-MAX_SAMPLES = 4096  # per row: a request can not ask the server for unbounded memory
+log = logging.getLogger(__name__)
+MAX_SAMPLES = 4096  # images per request, all rows together: the answer is held in memory
+# U-Net evaluations of one image per request, all rows together: what bounds the compute. 409,600 is the largest
+# request of the default model's sampler (4,096 images, 50 steps, autoguided: two networks per step).
+MAX_NETWORK_CALLS = 500_000
+MAX_GUIDANCE = 100.0  # w beyond this only amplifies the difference of two predictions into overflow
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed
 
 
-def _value(row: dict[str, Any], key: str, default: Any) -> Any:
+class RequestError(MlflowException):
+    """A refused request as one line: HTTP 400 (INVALID_PARAMETER_VALUE) or 500 (INTERNAL_ERROR).
+
+    MLflow's scoring server rewrites `message` into "Failed to predict data '<the whole request DataFrame>'.
+    Error: ..." over several lines before it answers; what it sends is serialize_as_json's, so the line
+    written here is what the client reads.
+    """
+
+    def __init__(self, line: str, error_code: int = INVALID_PARAMETER_VALUE):
+        super().__init__(line, error_code=error_code)
+        self.line = line
+
+    def serialize_as_json(self) -> str:
+        return json.dumps({"error_code": self.error_code, "message": self.line})
+
+
+def _shown(value: Any) -> str:
+    return repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+
+
+def _plain(row: dict[str, Any], key: str) -> Any:
+    """The row's value as a Python object; None when missing (a JSON null, or the NaN pandas fills in where
+    one row of several leaves a column out)."""
     value = row.get(key)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return default
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
     return value
 
 
-def request_config(row: dict[str, Any], defaults, timesteps: int, num_classes: int = 0):
-    """One request row -> a validated SampleConfig; `defaults` (a SampleConfig) fills what the row leaves out.
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
-    `num_classes`: the model's classes (0: unconditional, which takes neither `class` nor `guidance`).
+
+def _whole(row: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = _plain(row, key)
+    if value is None:
+        return default
+    if not (_is_number(value) and math.isfinite(value) and float(value).is_integer()):
+        raise RequestError(f"{key} = {_shown(value)} is not a whole number: send an integer from {low} to {high}")
+    if not low <= int(value) <= high:
+        raise RequestError(f"{key} = {int(value)} is out of range: ask for at least {low} and at most {high}")
+    return int(value)
+
+
+def request_config(row: dict[str, Any], defaults, timesteps: int, num_classes: int = 0):
+    """One request row -> a checked SampleConfig; `defaults` (a SampleConfig) fills what the row leaves out.
+
+    Every value is checked for its type and range here, in one line naming the field, so that nothing a
+    client sends reaches the sampler as an exception. `num_classes`: the model's classes (0: unconditional,
+    which takes neither `class` nor `guidance`).
     """
+    import dataclasses
+
     from ddpm.config.groups import SampleConfig
     from ddpm.errors import ConfigError
 
-    def bad(message: str) -> MlflowException:
-        return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
-
-    if _value(row, "num_samples", None) is None:
-        raise bad("num_samples is required: send e.g. {\"num_samples\": 16}")
-    samplers = typing.get_args(typing.get_type_hints(SampleConfig)["sampler"])
-    label, guidance = _value(row, "class", None), _value(row, "guidance", None)
+    if not isinstance(row, dict):
+        raise RequestError(f"request row {_shown(row)} is not an object: send rows like {{\"num_samples\": 4}}")
+    if _plain(row, "num_samples") is None:
+        raise RequestError("num_samples is required: send e.g. {\"num_samples\": 16}")
+    label, guidance = _plain(row, "class"), _plain(row, "guidance")
     if not num_classes and (label is not None or guidance):
         key = "class" if label is not None else "guidance"
-        raise bad(f"{key} = {row[key]!r} is not allowed: this model is unconditional (trained with "
-                  f"model.num_classes = 0); leave {key} out")
+        raise RequestError(f"{key} = {_shown(row[key])} is not allowed: this model is unconditional (trained with "
+                           f"model.num_classes = 0); leave {key} out")
     if label is not None and not _is_label(label, num_classes):
-        raise bad(f"class = {label!r} is not one of the model's classes: "
-                  f"ask for an integer from 0 to {num_classes - 1}")
+        raise RequestError(f"class = {_shown(label)} is not one of the model's classes: "
+                           f"ask for an integer from 0 to {num_classes - 1}")
+    if guidance is not None and not (_is_number(guidance) and math.isfinite(guidance)
+                                     and 0 <= guidance <= MAX_GUIDANCE):
+        raise RequestError(f"guidance = {_shown(guidance)} is out of range: send a number from 0 "
+                           f"(no guidance) to {MAX_GUIDANCE:g}")
+    samplers = typing.get_args(typing.get_type_hints(SampleConfig)["sampler"])
+    sampler = _plain(row, "sampler")
+    if sampler is not None and sampler not in samplers:
+        raise RequestError(f"sampler = {_shown(sampler)} is not allowed: choose one of "
+                           f"{', '.join(map(repr, samplers))}")
+    n = _whole(row, "num_samples", 0, 1, MAX_SAMPLES)
+    cfg = dataclasses.replace(
+        defaults, num_samples=n, sampler=sampler or defaults.sampler,
+        steps=_whole(row, "steps", defaults.steps, 1, timesteps),
+        seed=_whole(row, "seed", defaults.seed, 0, MAX_SEED),
+        batch_size=_whole(row, "batch_size", min(n, defaults.batch_size), 1, MAX_SAMPLES),
+        grid_size=min(n, defaults.grid_size),  # the sample stage's report grid: no part of an answer
+        classes=(int(label),) if label is not None else defaults.classes if num_classes else None,
+        guidance=float(defaults.guidance if guidance is None else guidance),
+        classifier_scale=0.0)  # not served: the noisy classifier of classifier guidance is no artifact here
     try:
-        n = int(_value(row, "num_samples", 0))
-        cfg = dataclasses.replace(
-            defaults, num_samples=n, sampler=str(_value(row, "sampler", defaults.sampler)),
-            steps=int(_value(row, "steps", defaults.steps)), seed=int(_value(row, "seed", defaults.seed)),
-            batch_size=int(_value(row, "batch_size", min(n, defaults.batch_size)) or 1),
-            classes=(int(label),) if label is not None else defaults.classes if num_classes else None,
-            guidance=float(defaults.guidance if guidance is None else guidance),
-            classifier_scale=0.0)  # not served: the noisy classifier of classifier guidance is no artifact here
         cfg.validate()
-    except (TypeError, ValueError, ConfigError) as exc:
-        raise bad(f"bad request {row}: {exc}") from None
-    if cfg.sampler not in samplers:
-        raise bad(f"sampler = {cfg.sampler!r} is not allowed: choose one of {', '.join(map(repr, samplers))}")
-    if cfg.steps > timesteps:
-        raise bad(f"steps = {cfg.steps} is more than the model's {timesteps} timesteps: ask for at most {timesteps}")
-    if cfg.num_samples > MAX_SAMPLES:
-        raise bad(f"num_samples = {cfg.num_samples} is too many for one request: ask for at most {MAX_SAMPLES}")
+    except ConfigError as exc:
+        raise RequestError(f"bad request: {exc}") from None
     return cfg
+
+
+def network_calls(cfg, autoguided: bool, conditional: bool) -> int:
+    """U-Net evaluations of one image that sampling `cfg` costs: one per step and image (every sampler, ddpm
+    on its respaced chain of cfg.steps), twice with autoguidance (the guide too), twice again with
+    classifier-free guidance (the null-class rows)."""
+    networks = (2 if autoguided and cfg.autoguidance else 1) * (2 if conditional and cfg.guidance else 1)
+    return cfg.num_samples * cfg.steps * networks
 
 
 def _is_label(value: Any, num_classes: int) -> bool:
     """An integral number in 0..num_classes-1 (7.0 is 7: a column with missing cells arrives as floats)."""
-    try:
-        return float(value).is_integer() and 0 <= int(float(value)) < num_classes
-    except (TypeError, ValueError):
-        return False
+    return _is_number(value) and math.isfinite(value) and float(value).is_integer() \
+        and 0 <= int(value) < num_classes
 
 
 class DDPMGenerator(PythonModel):
@@ -103,6 +167,7 @@ class DDPMGenerator(PythonModel):
         self.diffusion = GaussianDiffusion.from_config(trained)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
+        from ddpm.errors import UserError
         from ddpm.sampling import generate
 
         if isinstance(model_input, pd.DataFrame):
@@ -112,12 +177,29 @@ class DDPMGenerator(PythonModel):
         else:
             rows = list(model_input)
         if not rows:
-            raise MlflowException("no request rows: send at least {\"num_samples\": 1}", INVALID_PARAMETER_VALUE)
-        # every row is checked before any sampling
+            raise RequestError("no request rows: send at least {\"num_samples\": 1}")
+        # every row, and the request as a whole, is checked before any sampling
         configs = [request_config(row, self.defaults, self.diffusion.num_timesteps, self.ema.num_classes)
                    for row in rows]
-        return np.concatenate([generate(self.ema, self.diffusion, cfg, guide=self.guide, device=self.device,
-                                        progress=False) for cfg in configs])
+        total = sum(cfg.num_samples for cfg in configs)
+        if total > MAX_SAMPLES:
+            raise RequestError(f"{total} images in one request ({len(rows)} rows) are too many: ask for at most "
+                               f"{MAX_SAMPLES} in all, over several requests if need be")
+        calls = sum(network_calls(cfg, self.guide is not None, bool(self.ema.num_classes)) for cfg in configs)
+        if calls > MAX_NETWORK_CALLS:
+            raise RequestError(f"this request takes {calls:,} network calls (images x steps x networks, all rows), "
+                               f"more than the {MAX_NETWORK_CALLS:,} one request may take: ask for fewer images "
+                               "or steps")
+        try:
+            return np.concatenate([generate(self.ema, self.diffusion, cfg, guide=self.guide, device=self.device,
+                                            progress=False) for cfg in configs])
+        except UserError as exc:  # the model cannot answer this request, e.g. it samples NaN at this guidance
+            raise RequestError(f"cannot sample this request: {exc}") from None
+        except Exception as exc:  # the trace goes to the server's log, one line to the client
+            log.exception("sampling failed")
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise RequestError(f"sampling failed ({exc.__class__.__name__}: {first}): see the server's log",
+                               INTERNAL_ERROR) from None
 
 
 set_model(DDPMGenerator())

@@ -36,7 +36,15 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 
 from ddpm.errors import TrackingError, TrackingUnavailable  # noqa: E402
 from ddpm.tracking.champion import gate, gate_note  # noqa: E402
-from ddpm.tracking.names import CHAMPION, CHECKPOINT_TAG, GATE_TAG, MEASUREMENT_TAG, logged_marker, redact  # noqa: E402
+from ddpm.tracking.names import (  # noqa: E402
+    CHAMPION,
+    CHECKPOINT_TAG,
+    GATE_TAG,
+    MEASUREMENT_TAG,
+    REQUEST_FIELDS,
+    logged_marker,
+    redact,
+)
 
 _BATCH = 100  # MLflow's limit of params (and tags) per log_batch call
 
@@ -159,19 +167,8 @@ class Tracker:
         artifact; `code_dir`: the library package, bundled so that the model loads without this project;
         `model_config`: what the model reads at load time (the sample parameters its requests default to).
         """
-        import numpy as np
         import pandas as pd
-        from mlflow.models import ModelSignature
-        from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
-        h, w, c = image_shape
-        signature = ModelSignature(
-            inputs=Schema([ColSpec("long", "num_samples"), ColSpec("string", "sampler", required=False),
-                           ColSpec("long", "steps", required=False), ColSpec("long", "seed", required=False),
-                           ColSpec("long", "batch_size", required=False),
-                           # class-conditional models only (an unconditional one refuses them)
-                           ColSpec("long", "class", required=False), ColSpec("double", "guidance", required=False)]),
-            outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, h, w, c))]))
         # One image with the registered sample parameters: the UI and `mlflow models serve` show it as the
         # request to start from, and MLflow checks before registering that the logged model loads and answers it.
         example = pd.DataFrame([{"num_samples": 1, "seed": 0}])
@@ -179,7 +176,7 @@ class Tracker:
             with mlflow.start_run(run_id=run_id):
                 info = mlflow.pyfunc.log_model(
                     name="generator", python_model=str(model_code), artifacts={"checkpoint": str(checkpoint)},
-                    code_paths=[str(code_dir)], signature=signature, input_example=example,
+                    code_paths=[str(code_dir)], signature=generator_signature(image_shape), input_example=example,
                     pip_requirements=pip_requirements, model_config=model_config,
                     tags={CHECKPOINT_TAG: checkpoint_sha256})
             # the client, not mlflow.register_model: the same calls without its progress lines on stderr
@@ -235,6 +232,22 @@ class Tracker:
 
 
 # ---------------------------------------------------------------------------- helpers
+def generator_signature(image_shape: tuple[int, int, int]):
+    """The served generator's signature: its request fields, each optional and of any type, and uint8 NHWC out.
+
+    Untyped on purpose: MLflow's schema enforcement answers a wrong type, a missing num_samples or rows that
+    leave different fields out (NaN in an integer column) with a multi-line message of its own, or a stack
+    trace; ddpm.tracking.generator_model.request_config checks each field in one line instead.
+    """
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import AnyType, ColSpec, Schema, TensorSpec
+
+    h, w, c = image_shape
+    return ModelSignature(inputs=Schema([ColSpec(AnyType(), name, required=False) for name in REQUEST_FIELDS]),
+                          outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, h, w, c))]))
+
+
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
     out: dict[str, Any] = {}

@@ -13,6 +13,8 @@ CANDIDATE = "candidate"  # the alias of the version being evaluated
 CHAMPION = "champion"  # the alias of the version that won the champion gate
 MEASUREMENT_TAG = "champion_measurement"  # on the champion: the measurement it won (or keeps) the alias with
 GATE_TAG = "ddpm.gate"  # on runs: the gate's decision for this run, as JSON
+# the served generator's request fields: its signature (mlflow_client) and its parser (generator_model)
+REQUEST_FIELDS = ("num_samples", "sampler", "steps", "seed", "batch_size", "class", "guidance")
 
 _CREDENTIALS = re.compile(r"//[^/@]*@")  # user:password@ in scheme://user:password@host
 
