@@ -1,5 +1,6 @@
 """Stage sample: batch generation from the EMA weights -> samples.npz and a grid image; with
-sample.classifier_scale > 0, guided by the noisy_classifier stage's classifier."""
+sample.classifier_scale > 0, guided by the noisy_classifier stage's classifier. `torchrun -m pipeline.sample`
+splits the batches over the processes and writes the bytes one process writes."""
 
 import time
 
@@ -9,14 +10,15 @@ from ddpm.diffusion import GaussianDiffusion
 from ddpm.io import save_npz, write_json
 from ddpm.noisy_classifier_io import load_noisy_classifier
 from ddpm.report.grid import save_grid
-from ddpm.runtime import resolve_device
-from ddpm.sampling import generate, sample_labels
+from ddpm.runtime import distributed_from_env, init_distributed, resolve_device
+from ddpm.sampling import generate, process_batches, sample_labels
 from pipeline import paths
 from pipeline.stage import log, progress_enabled, run
 
 
 def sample(cfg: Config) -> dict:
-    device = resolve_device(cfg.runtime.device)
+    processes = distributed_from_env()  # under torchrun each rank draws its share; rank 0 writes
+    device = init_distributed(processes, resolve_device(cfg.runtime.device))
     ema, guide, trained = load_ema_weights(paths.CHECKPOINT, device)
     diffusion = GaussianDiffusion.from_config(trained)
     classifier = (load_noisy_classifier(paths.NOISY_CLASSIFIER, trained.diffusion, device)
@@ -25,8 +27,14 @@ def sample(cfg: Config) -> dict:
                            classifier.num_classes if classifier is not None else None)
     t0 = time.perf_counter()
     images = generate(ema, diffusion, cfg.sample, guide=guide, classifier=classifier, device=device,
-                      progress=progress_enabled())
+                      progress=progress_enabled() and processes.is_main, processes=processes)
     wall = time.perf_counter() - t0
+    if processes.world_size > 1:
+        drawn = sum(map(len, process_batches(cfg.sample.num_samples, cfg.sample.batch_size, processes)))
+        log.info("process %d of %d drew %d of the %d samples", processes.rank, processes.world_size, drawn,
+                 len(images))
+    if not processes.is_main:
+        return {}
     save_npz(paths.SAMPLES, images=images, **({} if labels is None else {"labels": labels}))
     save_grid(paths.SAMPLE_GRID, images[: cfg.sample.grid_size])
     steps = cfg.sample.steps

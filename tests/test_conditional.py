@@ -16,7 +16,7 @@ from ddpm.data import check_num_classes
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import ConfigError
 from ddpm.guidance import drop_labels, guide, guided
-from ddpm.samplers import sample
+from ddpm.samplers import PerSampleGenerators, sample
 from ddpm.sampling import generate, sample_labels
 from ddpm.train import train
 from ddpm.unet import UNet, count_parameters
@@ -134,7 +134,7 @@ def test_guidance_zero_is_conditional_sampling_byte_for_byte(model, diffusion, s
     images = generate(model, diffusion, cfg, progress=False)
     labels = torch.tensor([7, 2] * 3)
     x = sample(lambda x_t, t: model(x_t, t, labels), diffusion, (6, 1, 8, 8), sampler=sampler, steps=4, eta=eta,
-               generator=torch.Generator().manual_seed(3))
+               generator=PerSampleGenerators(3, range(6)))
     expected = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     assert images.tobytes() == expected.tobytes()
     guided_images = generate(model, diffusion, SampleConfig(**{**cfg.__dict__, "guidance": 3.0}), progress=False)

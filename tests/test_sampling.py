@@ -14,7 +14,8 @@ from ddpm.config.groups import SampleConfig
 from ddpm.config.training import DiffusionConfig, ModelConfig
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import CheckpointError
-from ddpm.samplers import ddim_step, ddim_timesteps, dpmpp_2m_step, sample, sample_loop_progressive, timestep_pairs
+from ddpm.samplers import (PerSampleGenerators, ddim_step, ddim_timesteps, dpmpp_2m_step, sample, sample_loop_progressive,
+                           sample_seed, timestep_pairs)
 from ddpm.sampling import generate
 from ddpm.schedules import cosine_betas
 from ddpm.unet import UNet
@@ -194,24 +195,27 @@ def draw(model, diffusion, **settings):
     cfg = SampleConfig(**{"num_samples": 12, "steps": 4, "seed": 3, "autoguidance": 0.0, **settings})
     return generate(model, diffusion, cfg, progress=False)
 
-@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])
-def test_deterministic_samplers_give_the_same_images_in_any_batching(model, diffusion, sampler):
-    """12 images in batches of 5, 5 and 2 are the 12 of one batch: every batch draws its x_T from the one
-    seeded generator, in order, and nothing else is random."""
-    whole = draw(model, diffusion, sampler=sampler, batch_size=12)
-    uneven = draw(model, diffusion, sampler=sampler, batch_size=5)
+@pytest.mark.parametrize("sampler, eta", [("ddim", 0.0), ("dpmpp_2m", 0.0), ("ddpm", 0.0), ("ddim", 1.0),
+                                         ("dpmpp_2m_sde", 0.0)])
+def test_every_sampler_gives_the_same_images_in_any_batching(model, diffusion, sampler, eta):
+    """12 images in batches of 5, 5 and 2 are the 12 of one batch: image i draws x_T and every step's noise from
+    its own generator, seeded by (seed, i), whatever batch it is in (so a split over processes draws them too)."""
+    whole = draw(model, diffusion, sampler=sampler, eta=eta, batch_size=12)
+    uneven = draw(model, diffusion, sampler=sampler, eta=eta, batch_size=5)
     assert whole.shape == uneven.shape == (12, 8, 8, 1) and whole.dtype == np.uint8
     np.testing.assert_array_equal(uneven, whole)
+    assert len({whole[i].tobytes() for i in range(12)}) == 12  # twelve streams, not one repeated
+    assert not np.array_equal(draw(model, diffusion, sampler=sampler, eta=eta, batch_size=5, seed=4), whole)
 
-@pytest.mark.parametrize("sampler, eta", [("ddpm", 0.0), ("ddim", 1.0), ("dpmpp_2m_sde", 0.0)])
-def test_stochastic_samplers_repeat_per_batch_size_but_depend_on_it(model, diffusion, sampler, eta):
-    """Each step's noise comes from the same generator as the batches' x_T, so batches of 5 draw the numbers in
-    another order than one batch of 12: the images are reproducible for one batch_size, and change with it
-    (which is why the served model defaults to the sample stage's batch_size)."""
-    uneven = draw(model, diffusion, sampler=sampler, eta=eta, batch_size=5)
-    assert uneven.shape == (12, 8, 8, 1)
-    np.testing.assert_array_equal(draw(model, diffusion, sampler=sampler, eta=eta, batch_size=5), uneven)
-    assert not np.array_equal(draw(model, diffusion, sampler=sampler, eta=eta, batch_size=12), uneven)
+
+def test_per_sample_generators_draw_each_image_from_its_own_stream():
+    gens = PerSampleGenerators(3, range(5, 8))
+    noise = gens.randn((3, 2, 2), "cpu", torch.float32)
+    for row, index in zip(noise, range(5, 8)):
+        alone = torch.randn((2, 2), generator=torch.Generator().manual_seed(sample_seed(3, index)))
+        torch.testing.assert_close(row, alone, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="a batch of 2 images drawn with generators for 3"):
+        gens.randn((2, 2, 2), "cpu", torch.float32)
 
 class DivergedUNet(UNet):
     """What a checkpoint trained into NaN weights predicts."""

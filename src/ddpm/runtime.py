@@ -112,3 +112,12 @@ def global_mean(x: torch.Tensor, world_size: int) -> float:
         torch.distributed.all_reduce(x)
         x /= world_size
     return x.item()
+
+
+def gather_objects(parts: dict, world_size: int) -> dict:
+    """Every rank's {index: value} merged into one dict on every rank (pickled over the process group)."""
+    if world_size == 1:
+        return parts
+    gathered: list[dict] = [{} for _ in range(world_size)]
+    torch.distributed.all_gather_object(gathered, parts)
+    return {k: v for rank_parts in gathered for k, v in rank_parts.items()}

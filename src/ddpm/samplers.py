@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 
 from ddpm.diffusion import GaussianDiffusion, Model, Variance, extract
@@ -56,8 +57,36 @@ def _batch_of(t: int, x_t: torch.Tensor) -> torch.Tensor:
     return torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
 
 
-def _noise_like(x_t: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+class PerSampleGenerators:
+    """One generator for each image, seeded by the image's index in the whole set: an image's random numbers do
+    not depend on the batch it is drawn in, so any batching, and any split over processes, gives the same images."""
+
+    def __init__(self, seed: int, indices: range, device: torch.device | str = "cpu"):
+        self.generators = [torch.Generator(device=device).manual_seed(sample_seed(seed, i)) for i in indices]
+
+    def randn(self, shape: tuple[int, ...], device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+        if shape[0] != len(self.generators):
+            raise ValueError(f"a batch of {shape[0]} images drawn with generators for {len(self.generators)}")
+        return torch.stack([torch.randn(shape[1:], generator=g, device=device, dtype=dtype) for g in self.generators])
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """Image `index`'s seed: a hash of (seed, index), so neighbouring images get unrelated streams."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0])
+
+
+Generators = torch.Generator | PerSampleGenerators | None
+
+
+def draw_noise(shape: tuple[int, ...], generator: Generators, device: torch.device | str,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    if isinstance(generator, PerSampleGenerators):
+        return generator.randn(shape, device, dtype)
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
+def _noise_like(x_t: torch.Tensor, generator: Generators) -> torch.Tensor:
+    return draw_noise(x_t.shape, generator, x_t.device, x_t.dtype)
 
 
 def _score_guided(diffusion: GaussianDiffusion, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
@@ -72,7 +101,7 @@ def _score_guided(diffusion: GaussianDiffusion, x_t: torch.Tensor, t: torch.Tens
 
 def ddpm_step(
     model: Model, diffusion: GaussianDiffusion, x_t: torch.Tensor, t: int, *, variance: Variance = "beta",
-    clip_denoised: bool = True, generator: torch.Generator | None = None, cond_fn: CondFn | None = None,
+    clip_denoised: bool = True, generator: Generators = None, cond_fn: CondFn | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One ancestral step x_t -> x_{t-1} = mu_theta + sigma_t z (no noise at t = 0), and its x0_hat; guided,
     the mean is mu_theta + Sigma cond_fn (Algorithm 1)."""
@@ -88,7 +117,7 @@ def ddpm_step(
 
 def ddim_step(
     model: Model, diffusion: GaussianDiffusion, x_t: torch.Tensor, t: int, t_prev: int, *, eta: float = 0.0,
-    clip_denoised: bool = True, generator: torch.Generator | None = None, cond_fn: CondFn | None = None,
+    clip_denoised: bool = True, generator: Generators = None, cond_fn: CondFn | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x_{t_prev} = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_hat + sigma z, and x0_hat.
 
@@ -110,7 +139,7 @@ def ddim_step(
 def dpmpp_2m_step(
     model: Model, diffusion: GaussianDiffusion, x_t: torch.Tensor, t: int, t_prev: int, *,
     previous: tuple[torch.Tensor, int] | None = None, sde: bool = False, clip_denoised: bool = True,
-    generator: torch.Generator | None = None, cond_fn: CondFn | None = None,
+    generator: Generators = None, cond_fn: CondFn | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One DPM-Solver++(2M) step x_t -> x_{t_prev} (Lu et al. 2022, Algorithm 2), or with `sde` one
     step of SDE-DPM-Solver++(2M) (the same paper, sec. 5; diffusers' "sde-dpmsolver++", midpoint), and x0_hat.
@@ -167,7 +196,7 @@ class SamplerStep:
 def sample_loop_progressive(
     model: Model, diffusion: GaussianDiffusion, shape: tuple[int, ...], *, sampler: Sampler,
     steps: int | None = None, eta: float = 0.0, variance: Variance = "beta", clip_denoised: bool = True,
-    generator: torch.Generator | None = None, device: torch.device | str = "cpu", noise: torch.Tensor | None = None,
+    generator: Generators = None, device: torch.device | str = "cpu", noise: torch.Tensor | None = None,
     cond_fn: CondFn | None = None,
 ) -> Iterator[SamplerStep]:
     """Run `sampler` from x_T = `noise`, or x_T ~ N(0, I) drawn from `generator`, yielding every step.
@@ -175,11 +204,12 @@ def sample_loop_progressive(
     Each sampler takes the `steps` timesteps of ddim_timesteps (all T when None): DDPM ancestral on the chain
     respaced to them, with sigma_t^2 the network's learned variance or else `variance` (beta_t or beta~_t); DDIM
     (stochastic with eta > 0), DPM-Solver++(2M) and SDE-DPM-Solver++(2M) on the chain as it is. x0_hat is
-    clipped to [-1, 1] with `clip_denoised`. Every random number comes from `generator`, x_T first, then
-    each stochastic step's z in step order: one seed gives the same samples however the steps are consumed.
+    clipped to [-1, 1] with `clip_denoised`. Every random number comes from `generator` (one torch.Generator for
+    the batch, or PerSampleGenerators: one for each image), x_T first, then each stochastic step's z in step
+    order: one seed gives the same samples however the steps are consumed.
     `cond_fn` is classifier guidance: the steps run without autograd, so it turns autograd on for itself.
     """
-    x = noise.to(device) if noise is not None else torch.randn(shape, generator=generator, device=device)
+    x = noise.to(device) if noise is not None else draw_noise(shape, generator, device)
     pairs = timestep_pairs(diffusion.num_timesteps, sampler, steps)
     if sampler == "ddpm":  # the respaced chain's index i stands for timestep kept[i] (identity at all T)
         kept = torch.tensor(sorted(t for t, _ in pairs), device=device)

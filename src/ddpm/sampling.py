@@ -4,7 +4,6 @@ be steered to each sample's label by a noisy classifier (classifier guidance, dd
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,7 +16,8 @@ from ddpm.data import to_uint8_images
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import CheckpointError
 from ddpm.guidance import sampler_model
-from ddpm.samplers import sample
+from ddpm.runtime import Distributed, gather_objects
+from ddpm.samplers import PerSampleGenerators, sample
 from ddpm.unet import UNet
 
 if TYPE_CHECKING:
@@ -37,11 +37,19 @@ def sample_labels(cfg: SampleConfig, num_classes: int, classifier_classes: int |
     return classes[np.arange(cfg.num_samples) % len(classes)]
 
 
+def process_batches(num_samples: int, batch_size: int, processes: Distributed = Distributed()) -> list[range]:
+    """The sample indices of each batch this process draws: batches r, r + W, ... of rank r of W."""
+    starts = range(processes.rank * batch_size, num_samples, processes.world_size * batch_size)
+    return [range(start, min(start + batch_size, num_samples)) for start in starts]
+
+
 @torch.no_grad()
 def generate(ema: UNet, diffusion: GaussianDiffusion, cfg: SampleConfig, *, guide: UNet | None = None,
              classifier: NoisyClassifier | None = None, device: torch.device | str = "cpu",
-             progress: bool = True) -> np.ndarray:
-    """cfg.num_samples images as uint8 NHWC, in batches, from one seeded generator; labelled as `sample_labels`.
+             progress: bool = True, processes: Distributed = Distributed()) -> np.ndarray:
+    """cfg.num_samples images as uint8 NHWC, in batches, image i from its own generator seeded by (cfg.seed, i);
+    labelled as `sample_labels`. Under torchrun (`processes`) rank r draws batches r, r + W, ... and every rank
+    returns all the images, in index order: the same bytes as one process.
 
     Each batch samples the model ddpm.guidance.sampler_model composes for its labels: the EMA U-Net,
     autoguided by `guide` (the EMA at train.autoguide_at) at cfg.autoguidance, classifier-free guided at
@@ -56,14 +64,13 @@ def generate(ema: UNet, diffusion: GaussianDiffusion, cfg: SampleConfig, *, guid
                               "run the noisy_classifier stage (dvc repro noisy_classifier), or set it to 0")
     classifier_classes = classifier.num_classes if cfg.classifier_scale else None
     labels = sample_labels(cfg, ema.num_classes, classifier_classes)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
     shape = (ema.channels, ema.image_size, ema.image_size)
-    out = []
-    batches = math.ceil(cfg.num_samples / cfg.batch_size)
-    for i in tqdm(range(batches), desc=f"sample ({cfg.sampler})", disable=not progress, dynamic_ncols=True):
-        n = min(cfg.batch_size, cfg.num_samples - i * cfg.batch_size)
-        batch_labels = (None if labels is None else
-                        torch.from_numpy(labels[i * cfg.batch_size:i * cfg.batch_size + n]).to(device))
+    out = {}
+    for batch in tqdm(process_batches(cfg.num_samples, cfg.batch_size, processes), desc=f"sample ({cfg.sampler})",
+                      disable=not progress, dynamic_ncols=True):
+        n = len(batch)
+        generator = PerSampleGenerators(cfg.seed, batch, device)
+        batch_labels = None if labels is None else torch.from_numpy(labels[batch.start:batch.stop]).to(device)
         model = sampler_model(ema, guide, autoguidance=cfg.autoguidance,
                               labels=batch_labels if ema.num_classes else None, guidance=cfg.guidance)
         cond_fn = classifier_cond_fn(classifier, batch_labels, cfg.classifier_scale) if cfg.classifier_scale else None
@@ -73,5 +80,6 @@ def generate(ema: UNet, diffusion: GaussianDiffusion, cfg: SampleConfig, *, guid
         if not torch.isfinite(x).all():
             raise CheckpointError("the sampler produced NaN or inf: the checkpoint has diverged; "
                                   "retrain with a lower train.lr")
-        out.append(to_uint8_images(x))
-    return np.concatenate(out)
+        out[batch.start] = to_uint8_images(x)
+    out = gather_objects(out, processes.world_size)
+    return np.concatenate([out[i] for i in sorted(out)])
