@@ -77,11 +77,16 @@ def torch_fidelity_file(tmp_path_factory):
     return path
 
 
-def test_torch_fidelity_weights_give_its_pool_logits_and_mixed_6d_branch1x1(digits, torch_fidelity_file):
+def test_torch_fidelity_weights_give_its_pool_logits_and_mixed_6d_branch1x1(digits, torch_fidelity_file, monkeypatch):
     """On the same weights, torch-fidelity's own FeatureExtractorInceptionV3: its "2048", its "logits_unbiased"
     (what its isc uses) and, caught by a hook, the output of its Mixed_6d.branch1x1 (what its weight converter maps
     TF's mixed_6/conv to) are our "2048", "logits" and "spatial"."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    from ddpm.evaluation import feature_spaces
+    from ddpm.io import sha256_file
+
+    monkeypatch.setattr(feature_spaces, "TORCH_FIDELITY_SHA256", sha256_file(torch_fidelity_file))  # its stand-in
 
     theirs = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
                                          feature_extractor_weights_path=str(torch_fidelity_file))

@@ -90,6 +90,40 @@ def test_a_server_that_is_down_is_one_line_naming_mlflow_tracking_uri():
 
 def test_credentials_never_reach_a_message():
     assert redact("https://alice:s3cret@mlflow.example.com/x") == "https://***@mlflow.example.com/x"
+    assert redact("Invalid url: http://alice:p@ss@host:99999/api") == "Invalid url: http://***@host:99999/api"
+
+
+def test_a_password_in_a_uri_with_a_bad_port_is_redacted_from_the_stage_error(tmp_path):
+    project = copy_project(tmp_path / "p")
+    e = {**mlflow_env(), "MLFLOW_TRACKING_URI": "http://alice:s3cret%21@127.0.0.1:99999"}
+    proc = subprocess.run([sys.executable, "-m", "pipeline.register"], cwd=project, env=e, capture_output=True,
+                          text=True, timeout=300, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output  # a URI that cannot work: fixing it is the user's, not a retry's
+    assert "s3cret" not in output and "Invalid url: http://***@127.0.0.1:99999" in output, output
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: register: MLflow at MLFLOW_TRACKING_URI=http://***@127.0.0.1:99999 failed")
+
+
+def test_logs_warnings_and_tracebacks_of_a_tracking_process_are_redacted():
+    code = """if True:
+        import logging, warnings
+        import ddpm.tracking.mlflow_client
+        logging.basicConfig(format="%(message)s")
+        logging.getLogger("mlflow").warning("retrying http://bob:hunter22@h:5000/api after %s", "tok-abcdef")
+        try:
+            raise OSError("connect to h as bob:hunter22 failed")
+        except OSError:
+            logging.exception("probe failed")
+        warnings.warn("sent MLFLOW_TRACKING_TOKEN=tok-abcdef")
+        raise RuntimeError("giving up on https://bob:hunter22@h:5000")
+    """
+    e = {**mlflow_env(), "MLFLOW_TRACKING_URI": "http://bob:hunter22@h:5000", "MLFLOW_TRACKING_TOKEN": "tok-abcdef"}
+    proc = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 1 and "RuntimeError: giving up on https://***@h:5000" in proc.stderr, proc.stderr
+    assert "retrying http://***@h:5000/api after ***" in proc.stderr and "as bob:***" in proc.stderr
+    assert "hunter22" not in proc.stderr + proc.stdout and "tok-abcdef" not in proc.stderr + proc.stdout, proc.stderr
 
 
 def test_served_requests_are_validated():

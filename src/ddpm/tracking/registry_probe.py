@@ -17,12 +17,13 @@ import sqlite3
 import urllib.parse
 from dataclasses import dataclass
 
-from ddpm.tracking.names import CANDIDATE, CHECKPOINT_TAG, redact
+from ddpm.tracking.names import CANDIDATE, CHECKPOINT_TAG, redact, redact_process_output
 
 DELETED_STAGE = "Deleted_Internal"  # MLflow's SQL store keeps deleted versions with this stage
 TIMEOUT_S = 10.0  # a server slower than this gets the full registration, which has its own timeouts
 
 log = logging.getLogger(__name__)
+redact_process_output()  # the register stage's fast path talks to the backend with this module alone
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def registry_holds(uri: str, registration: Registration) -> bool:
         if scheme in ("http", "https"):
             return _server_holds(uri, registration)
     except (OSError, sqlite3.Error, ValueError, KeyError) as exc:  # URLError and HTTPError are OSErrors
-        log.debug("registry probe of %s failed: %s", redact(uri), exc)
+        log.debug("registry probe of %s failed: %s", redact(uri), redact(str(exc)))
         return False
     log.debug("%s: no probe for this scheme", redact(uri))
     return False
