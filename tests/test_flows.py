@@ -27,7 +27,7 @@ from prefect.states import Failed
 from ddpm.errors import ConfigError
 from pipeline.flows.deployments import build, check_new_data
 from pipeline.flows.dvc_bridge import StageDiverged, StageFailed, StageInputError, dvc_stages, run_stage, stage_error
-from pipeline.flows.retrain import retrain
+from pipeline.flows.retrain import SERVED_WORKSPACE, retrain
 from pipeline.flows.workspace_lock import workspace_lock
 from pipeline.overrides import check_overrides, set_params
 from pipeline.run_logging import mlflow_run_url
@@ -621,6 +621,31 @@ def test_serve_registers_the_deployments_with_their_schedules(prefect_api, fresh
     assert nightly.entrypoint == new_data.entrypoint == "pipeline.flows.retrain.retrain"
     assert poll.entrypoint == "pipeline.flows.deployments.check_new_data"
     assert all(d.parameters == {"project_dir": str(fresh_project)} for d in found.values())
+
+
+def test_a_deployment_run_for_another_folder_runs_nothing(prefect_api, fresh_project, tmp_path):
+    """The Prefect API has no authentication: anyone who reaches it can start a deployment's run with a
+    project_dir of theirs. A folder with its own dvc.yaml must not run its commands as the serving user."""
+    from prefect.deployments.runner import EntrypointType
+
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    shutil.copy2(ROOT / "params.yaml", evil / "params.yaml")  # valid parameters: only the folder is wrong
+    (evil / "dvc.yaml").write_text("stages:\n  pwn:\n    cmd: touch pwned\n    outs: [pwned]\n")
+    run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=evil)
+    deployment_id = retrain.to_deployment("hostile", parameters={"project_dir": str(fresh_project)},
+                                          entrypoint_type=EntrypointType.MODULE_PATH).apply()
+    with client() as c:
+        flow_run = c.create_flow_run_from_deployment(deployment_id, parameters={"project_dir": str(evil)})
+    # what `serve` does with a flow run it picks up: the engine in a subprocess of the serving process
+    served = {**env(), "PREFECT_API_URL": prefect_api, SERVED_WORKSPACE: str(fresh_project)}
+    proc = subprocess.run([sys.executable, "-m", "prefect.engine", str(flow_run.id)], cwd=ROOT, env=served,
+                          capture_output=True, text=True, timeout=300, check=False)
+    with client() as c:
+        state = c.read_flow_run(flow_run.id).state
+    assert not (evil / "pwned").exists(), proc.stdout + proc.stderr
+    assert state.is_failed() and f"project_dir {evil} is not the served workspace {fresh_project}" in state.message, \
+        state.message
 
 
 @slow

@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -34,7 +35,7 @@ from ddpm.config import load_config
 from ddpm.data import describe, load_splits
 from ddpm.errors import UserError
 from pipeline import paths
-from pipeline.flows.retrain import project_root, retrain
+from pipeline.flows.retrain import SERVED_WORKSPACE, project_root, retrain
 
 NIGHTLY_CRON = "0 3 * * *"  # 03:00 UTC
 CHECK_EVERY = timedelta(minutes=15)
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         print(f"error: deployments: {exc}", file=sys.stderr)
         sys.exit(2)
+    os.environ[SERVED_WORKSPACE] = str(project_root(args.project))  # inherited by every flow run serve starts
     serve(*deployments)
 
 

@@ -32,10 +32,34 @@ from pipeline.stage import EXIT_BAD_INPUT, EXIT_DIVERGED
 
 ROOT = Path(__file__).resolve().parents[2]  # pipeline/flows/retrain.py -> the project
 DEFAULT_LOCK_TIMEOUT_S = 3600.0
+# the workspace `python -m pipeline.flows.deployments --project DIR` serves, for the flow runs it starts; unset, the
+# checkout this file is in (a process worker runs the flow from its own checkout)
+SERVED_WORKSPACE = "DDPM_SERVED_WORKSPACE"
+
+
+def served_workspace() -> Path:
+    return Path(os.environ.get(SERVED_WORKSPACE) or ROOT).expanduser().resolve()
+
+
+def _started_through_a_deployment() -> bool:
+    from prefect.runtime import deployment
+
+    return deployment.id is not None
 
 
 def project_root(project_dir: str | os.PathLike | None = None) -> Path:
-    root = Path(project_dir).expanduser().resolve() if project_dir else ROOT
+    """The project a flow run works in: `project_dir`, or the served workspace.
+
+    A deployment's run (started by a schedule or by anyone who can reach the Prefect API, which has no
+    authentication) works only in the served workspace: a folder of the caller's with its own dvc.yaml would run
+    its commands as the serving user. A direct call (python -m pipeline.flows.retrain --project DIR, or retrain()
+    from Python) is the local user's own choice of folder.
+    """
+    served = served_workspace()
+    root = Path(project_dir).expanduser().resolve() if project_dir else served
+    if root != served and _started_through_a_deployment():
+        raise UserError(f"project_dir {root} is not the served workspace {served}: a deployment's run works only "
+                        "there; serve that folder instead (python -m pipeline.flows.deployments --project DIR)")
     if not (root / "dvc.yaml").is_file():
         raise UserError(f"{root} holds no dvc.yaml: point project_dir (--project) at the project folder")
     return root
