@@ -24,7 +24,8 @@ from ddpm.report.figures import (
     save_training_quality_figure,
     save_trajectory_figure,
 )
-from ddpm.report.render import render_html, render_markdown
+from ddpm.report.html import render_html
+from ddpm.report.render import render_markdown
 from ddpm.trajectory import forward_trajectory, one_per_class, reverse_trajectory
 from pipeline import paths
 from pipeline.run_logging import log_report, mlflow_run_url, provenance

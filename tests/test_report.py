@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from ddpm.errors import DataError
-from ddpm.report.render import current_champion, render_html
+from ddpm.report.html import render_html
+from ddpm.report.render import current_champion
 from tests.report_tables import numbers_outside_code, report_tables
 
 

@@ -1,22 +1,23 @@
-"""The report as markdown and as one self-contained HTML file."""
+"""The report as markdown (ddpm.report.html makes the HTML page of it).
+
+Every value from outside this module goes into the markdown through ddpm.report.escape (md_text, md_code,
+md_link) or as a number formatted here: a string from the registry or the data shows as text.
+"""
 
 from __future__ import annotations
 
-import base64
-import html
 import json
-import mimetypes
-import re
-from pathlib import Path
 from typing import Any
 
-from ddpm.errors import DataError
+from ddpm.report.escape import md_code, md_link, md_text
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "—" if v is None else str(v)
+    """A number to 4 significant digits (an int whole); anything else (a string a registry user wrote where a
+    number belongs) as text."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+    return "—" if v is None else md_text(v)
 
 
 def current_champion(registry: dict) -> dict | None:
@@ -51,13 +52,16 @@ def _metric_rows(evaluation: dict, registry: dict) -> list[str]:
             if key not in m:  # sFID and IS: the inception space only
                 continue
             if m[key] is None:  # IS without the network's classifier (the offline weights have none)
-                rows.append(f"| {label} | {space} | — | {m.get(f'{key}_unavailable', 'not available')} | — | — |")
+                rows.append(f"| {label} | {space} | — | {md_text(m.get(f'{key}_unavailable', 'not available'))} | — "
+                            "| — |")
                 continue
             spread = {"kid_mean": "kid_std", "inception_score": "inception_score_std"}.get(key)
             value = f"{m[key]:.4g}" + (f" ± {m[spread]:.2g}" if spread else "")
             held = "—"
             if champion and champion["metric"] == f"{space}.{key}":
-                held = f"v{champion['version']}: {champion['value']:.4g} (N={champion['under']['n_samples']})"
+                # champion_before is the champion version's tag, which any registry user can write
+                held = (f"v{_fmt(champion['version'])}: {_fmt(champion['value'])} "
+                        f"(N={_fmt(champion['under']['n_samples'])})")
             rows.append(f"| {label} | {space} | {m['n_samples']} vs {m['n_reference']} | {value} | "
                         f"{floor[key]:.4g} (N={floor['n_samples']}) | {held} |")
     return rows
@@ -73,16 +77,17 @@ def _likelihood_lines(nll: dict, timesteps: int) -> list[str]:
                 f"T = {timesteps} chain")
     return [
         "## Likelihood", "",
-        f"NLL bound **{nll['bits_per_dim']:.4f} ± {nll['standard_error']:.2g} bits/dim** (± one standard error) of "
-        f"{given} on {nll['n']} held-out images: prior L_T {nll['prior']:.3g}, KL terms {nll['kl']:.4g}, "
-        f"decoder L_0 {nll['decoder']:.4g}; {estimate}, reverse variance {nll['variance']}.", "",
+        (f"NLL bound **{nll['bits_per_dim']:.4f} ± {nll['standard_error']:.2g} bits/dim** (± one standard error) of "
+         f"{given} on {nll['n']} held-out images: prior L_T {nll['prior']:.3g}, KL terms {nll['kl']:.4g}, "
+         f"decoder L_0 {nll['decoder']:.4g}; {estimate}, reverse variance {md_text(nll['variance'])}."), "",
     ]
 
 
 def _sweep_rows(sweep: dict, speed: dict) -> list[str]:
     """One row per sampler setting; samples/s from the sweep stage's timing (wall clock is not a metric)."""
-    return [f"| {r['sampler']} | {r['steps']} | {r['fid']:.4g} | {r['fid_floor']:.4g} | {r['space']} | "
-            f"{r['n_samples']} | {_fmt(speed.get(f'{key}_samples_per_s', '—'))} |" for key, r in sweep.items()]
+    return [f"| {md_text(r['sampler'])} | {r['steps']} | {r['fid']:.4g} | {r['fid_floor']:.4g} | "
+            f"{md_text(r['space'])} | {r['n_samples']} | {_fmt(speed.get(f'{key}_samples_per_s', '—'))} |"
+            for key, r in sweep.items()]
 
 
 def _conditional_lines(conditional: dict, guided: dict, sample: dict) -> list[str]:
@@ -90,41 +95,44 @@ def _conditional_lines(conditional: dict, guided: dict, sample: dict) -> list[st
     lines = ["## Class-conditional samples", ""]
     if conditional:
         lines += [
-            f"Conditional accuracy: {_fmt(conditional['accuracy'])} of {conditional['n_samples']} samples "
-            f"(classifier-free guidance w = {sample['guidance']:g}, autoguidance w = {sample['autoguidance']:g}) are "
-            "classified by the domain classifier as the class they were "
-            f"drawn for, against {_fmt(conditional.get('accuracy_real'))} of {conditional.get('n_real')} real images "
-            "it never saw (its own errors count against the samples too).", "",
-            "| class | samples classified as their class | real images | FID against the held-out images of the "
-            "class |", "|---|---|---|---|",
-            *[f"| {name} | {_fmt(v['samples'])} | {_fmt(v.get('real'))} | {_fmt(v.get('fid'))} |"
+            (f"Conditional accuracy: {_fmt(conditional['accuracy'])} of {conditional['n_samples']} samples "
+             f"(classifier-free guidance w = {sample['guidance']:g}, autoguidance w = {sample['autoguidance']:g}) are "
+             "classified by the domain classifier as the class they were "
+             f"drawn for, against {_fmt(conditional.get('accuracy_real'))} of {_fmt(conditional.get('n_real'))} real "
+             "images it never saw (its own errors count against the samples too)."), "",
+            ("| class | samples classified as their class | real images | FID against the held-out images of the "
+             "class |"), "|---|---|---|---|",
+            *[f"| {md_text(name)} | {_fmt(v['samples'])} | {_fmt(v.get('real'))} | {_fmt(v.get('fid'))} |"
               for name, v in conditional["per_class"].items()], "",
-            f"Per-class FID is in the domain space, and left out (—) for a class with fewer than "
-            f"{conditional.get('fid_min_n')} samples or held-out images.", "",
+            (f"Per-class FID is in the domain space, and left out (—) for a class with fewer than "
+             f"{conditional.get('fid_min_n')} samples or held-out images."), "",
         ]
     if guided:
         rows = list(guided.values())
         lines += [
-            f"Classifier-free guidance against w (the sweep stage: {rows[0]['n_samples']} samples each, the sample "
-            f"stage's sampler and steps): higher w trades diversity (FID) for fidelity to the class (accuracy).", "",
+            (f"Classifier-free guidance against w (the sweep stage: {rows[0]['n_samples']} samples each, the sample "
+             f"stage's sampler and steps): higher w trades diversity (FID) for fidelity to the class (accuracy)."), "",
             "| guidance w | FID | data floor | feature space | conditional accuracy |", "|---|---|---|---|---|",
-            *[f"| {r['guidance']:g} | {r['fid']:.4g} | {r['fid_floor']:.4g} | {r['space']} | {_fmt(r['accuracy'])} |"
+            *[f"| {r['guidance']:g} | {r['fid']:.4g} | {r['fid_floor']:.4g} | {md_text(r['space'])} | "
+              f"{_fmt(r['accuracy'])} |"
               for r in rows], "",
         ]
     return lines
 
 
 def _registry_lines(registry: dict) -> list[str]:
-    """The champion gate's decision (reports/metrics/registry.json, written by the promote stage)."""
+    """The champion gate's decision (reports/metrics/registry.json, written by the promote stage). Every field
+    may come from the registry: the reason quotes the champion's tags, and a run's recorded decision is a tag."""
     cand, before = registry["candidate"], registry.get("champion_before")
-    was = f" (was version {before['version']})" if before and before["version"] != registry["champion"] else ""
+    was = f" (was version {md_text(before['version'])})" if before and before["version"] != registry["champion"] else ""
     return [
         "## Model registry (MLflow)", "",
-        f"Candidate: **{registry['model']}** version {cand['version']} (run `{registry['run_id']}`), "
-        f"{registry['metric']} = {cand['value']:.4g} ({cand['under'].get('space')} space, "
-        f"N = {cand['under'].get('n_samples')}; {registry['direction']}).", "",
-        f"Champion gate: **{registry['decision']}**. The `champion` alias is on version {registry['champion']}{was}. "
-        f"Reason: {registry['reason']}.", "",
+        (f"Candidate: **{md_text(registry['model'])}** version {md_text(cand['version'])} (run "
+         f"{md_code(registry['run_id'])}), {md_text(registry['metric'])} = {_fmt(cand['value'])} "
+         f"({md_text(cand['under'].get('space'))} space, N = {_fmt(cand['under'].get('n_samples'))}; "
+         f"{md_text(registry['direction'])})."), "",
+        (f"Champion gate: **{md_text(registry['decision'])}**. The `champion` alias is on version "
+         f"{md_text(registry['champion'])}{was}. Reason: {md_text(registry['reason'])}."), "",
     ]
 
 
@@ -136,30 +144,31 @@ def _provenance_lines(*, git: dict, data_meta: dict, registered: dict, registry:
     """Where this report's numbers come from: code, data, model, MLflow run, hardware, stage times."""
     aliases = ["candidate"] + (["champion"] if registry.get("champion") == registered.get("version") else [])
     run_id = registry.get("run_id")
-    run = f"[`{run_id}`]({run_url})" if run_url else f"`{run_id}`"
-    where = f" on `{registry['tracking_uri']}`" if registry.get("tracking_uri") else ""
+    run = md_link(md_code(run_id), run_url)  # the URL holds the run id, which the registry can write
+    where = f" on {md_code(registry['tracking_uri'])}" if registry.get("tracking_uri") else ""
     sha = data_meta.get("sha256", {})
     lines = [
         "## Provenance", "",
         "| what | value |", "|---|---|",
-        f"| git commit | `{git['commit']}` (uncommitted changes: {git['dirty']}) |",
-        f"| data | {data_meta['source']}; sha256 training split `{sha.get('train')}`, held-out split "
-        f"`{sha.get('test')}` (data/prepared/meta.json) |",
-        f"| model | {registered.get('model')} version {registered.get('version')}, aliases "
-        f"{', '.join(f'`{a}`' for a in aliases)}; checkpoint sha256 `{registered.get('checkpoint_sha256')}` |",
+        f"| git commit | {md_code(git['commit'])} (uncommitted changes: {md_text(git['dirty'])}) |",
+        (f"| data | {md_text(data_meta['source'])}; sha256 training split {md_code(sha.get('train'))}, held-out split "
+         f"{md_code(sha.get('test'))} (data/prepared/meta.json) |"),
+        (f"| model | {md_text(registered.get('model'))} version {md_text(registered.get('version'))}, aliases "
+         f"{', '.join(md_code(a) for a in aliases)}; checkpoint sha256 "
+         f"{md_code(registered.get('checkpoint_sha256'))} |"),
         f"| MLflow run | {run}{where} |",
-        f"| training device | {train.get('device')}, precision {train.get('precision')} |", "",
+        f"| training device | {md_text(train.get('device'))}, precision {md_text(train.get('precision'))} |", "",
     ]
     if timings:
-        lines += ["Wall time per stage (reports/timing/, the last run of each stage on this machine; this stage's "
-                  "own time is written after the report):", "",
+        lines += [("Wall time per stage (reports/timing/, the last run of each stage on this machine; this stage's "
+                   "own time is written after the report):"), "",
                   "| stage | wall time (s) | finished | the stage's own figures |", "|---|---|---|---|",
-                  *[f"| {t['stage']} | {t['wall_s']:.4g} | `{t['finished']}` | "
-                    f"{', '.join(f'{k} {_fmt(v)}' for k, v in t.items() if k not in _TIMING_KEYS) or '—'} |"
+                  *[f"| {md_text(t['stage'])} | {_fmt(t['wall_s'])} | {md_code(t['finished'])} | "
+                    f"{', '.join(f'{md_text(k)} {_fmt(v)}' for k, v in t.items() if k not in _TIMING_KEYS) or '—'} |"
                     for t in timings], ""]
     else:
-        lines += ["Wall time per stage: none recorded here (reports/timing/ is written when a stage runs on this "
-                  "machine; outputs restored by DVC from its cache bring none).", ""]
+        lines += [("Wall time per stage: none recorded here (reports/timing/ is written when a stage runs on this "
+                   "machine; outputs restored by DVC from its cache bring none)."), ""]
     return lines
 
 
@@ -179,33 +188,33 @@ def render_markdown(*, params: dict, data_meta: dict, metrics: dict[str, dict], 
     sp = params["sample"]
     lines = [
         "# DDPM run report", "",
-        f"Data: **{data_meta['source']}**, {data_meta['counts']['train']} training and "
-        f"{data_meta['counts']['test']} held-out images of shape {tuple(data_meta['shape'])}.", "",
-        f"## Samples ({sample.get('n')} drawn with {sample.get('sampler')}, {sample.get('steps')} steps, "
-        "EMA weights)", "", f"![samples]({figures['samples']})", "",
+        (f"Data: **{md_text(data_meta['source'])}**, {_fmt(data_meta['counts']['train'])} training and "
+         f"{_fmt(data_meta['counts']['test'])} held-out images of shape {md_text(tuple(data_meta['shape']))}."), "",
+        (f"## Samples ({_fmt(sample.get('n'))} drawn with {md_text(sample.get('sampler'))}, "
+         f"{_fmt(sample.get('steps'))} steps, EMA weights)"), "", f"![samples]({figures['samples']})", "",
         "## Denoising trajectory", "", f"![denoising trajectory]({figures['trajectory']})", "",
-        "Top: the forward process x_t ~ q(x_t | x_0) on held-out images (one noise draw per image), t rising through "
-        f"the timesteps the sampler visits (T = {params['diffusion']['timesteps']}). Bottom: the reverse process "
-        f"with the sample stage's settings ({sp['sampler']}, {sp['steps']} steps, seed {sp['seed']}, EMA weights), "
-        "from pure noise to the sample: each step's input x_t above the model's prediction x̂_0 of the clean image. "
-        "Columns are the sampler's steps spread evenly from the first to the last.", "",
+        ("Top: the forward process x_t ~ q(x_t | x_0) on held-out images (one noise draw per image), t rising through "
+         f"the timesteps the sampler visits (T = {params['diffusion']['timesteps']}). Bottom: the reverse process "
+         f"with the sample stage's settings ({md_text(sp['sampler'])}, {sp['steps']} steps, seed {sp['seed']}, EMA "
+         "weights), from pure noise to the sample: each step's input x_t above the model's prediction x̂_0 of the "
+         "clean image. Columns are the sampler's steps spread evenly from the first to the last."), "",
         "## Training", "", f"![loss curve]({figures['loss']})", "",
         *_training_table(train),
     ]
     if "training_quality" in figures:
-        lines += ["Quality during training (reports/plots/train_eval.csv): FID of samples drawn at each evaluated "
-                  "step, and the share the domain classifier labels confidently.", "",
+        lines += [("Quality during training (reports/plots/train_eval.csv): FID of samples drawn at each evaluated "
+                   "step, and the share the domain classifier labels confidently."), "",
                   f"![quality during training]({figures['training_quality']})", ""]
     else:
-        lines += ["Quality during training: not measured in this run (reports/plots/train_eval.csv is absent or "
-                  "empty; train.eval_every = 0 turns it off).", ""]
+        lines += [("Quality during training: not measured in this run (reports/plots/train_eval.csv is absent or "
+                   "empty; train.eval_every = 0 turns it off)."), ""]
     lines += [
         "## Metrics (samples against the held-out split)", "",
         "| metric | feature space | N (samples vs held-out) | value | data floor | champion |",
         "|---|---|---|---|---|---|",
         *_metric_rows(evaluation, registry), "",
-        "Feature spaces: " + "; ".join(f"**{k}** = {v}" for k, v in spaces.items()) + ". "
-        f"The domain classifier scores {_fmt(clf.get('test_accuracy'))} accuracy on the {clf.get('n_test')} "
+        "Feature spaces: " + "; ".join(f"**{k}** = {md_text(v)}" for k, v in spaces.items()) + ". "
+        f"The domain classifier scores {_fmt(clf.get('test_accuracy'))} accuracy on the {_fmt(clf.get('n_test'))} "
         "held-out images. The data floor is the same metric between real training images and the held-out "
         "images at the same N: the best any generator can expect. FID and KID fall as samples improve; "
         f"precision and recall (k = {params['evaluate']['pr_k']}) rise towards the floor's. The champion column "
@@ -216,14 +225,15 @@ def render_markdown(*, params: dict, data_meta: dict, metrics: dict[str, dict], 
     if coverage:
         lines += [
             "## Class coverage (domain classifier)", "", f"![class coverage]({figures['coverage']})", "",
-            f"{_fmt(coverage.get('confident_share'))} of {coverage.get('n_samples')} samples are confidently "
-            f"classified (p ≥ {params['evaluate']['confidence']}), against "
-            f"{_fmt(coverage.get('confident_share_real'))} "
-            f"of {coverage.get('n_real')} real images the classifier never saw; class-share total variation "
-            f"{_fmt(coverage.get('class_share_tv'))} (0 = the data's shares). Missing classes: "
-            f"{', '.join(coverage.get('missing_classes', [])) or 'none'}.", "",
+            (f"{_fmt(coverage.get('confident_share'))} of {_fmt(coverage.get('n_samples'))} samples are confidently "
+             f"classified (p ≥ {params['evaluate']['confidence']}), against "
+             f"{_fmt(coverage.get('confident_share_real'))} "
+             f"of {_fmt(coverage.get('n_real'))} real images the classifier never saw; class-share total variation "
+             f"{_fmt(coverage.get('class_share_tv'))} (0 = the data's shares). Missing classes: "
+             f"{', '.join(md_text(name) for name in coverage.get('missing_classes', [])) or 'none'}."), "",
             "| class | share of samples | share of data |", "|---|---|---|",
-            *[f"| {k} | {v['samples']:.3f} | {v['data']:.3f} |" for k, v in coverage.get("per_class", {}).items()],
+            *[f"| {md_text(k)} | {v['samples']:.3f} | {v['data']:.3f} |"
+              for k, v in coverage.get("per_class", {}).items()],
             "",
         ]
     if sweep:
@@ -243,34 +253,7 @@ def render_markdown(*, params: dict, data_meta: dict, metrics: dict[str, dict], 
         lines += _registry_lines(registry)
     lines += _provenance_lines(git=git, data_meta=data_meta, registered=registered, registry=registry, train=train,
                                timings=timings, run_url=run_url)
+    # json.dumps writes a line break in a string as \n, so every line of the block starts with a brace or spaces:
+    # no parameter's value can close the fence, and a fence shows its content as text
     lines += ["## Parameters", "", "```json", json.dumps(params, indent=2), "```", ""]
     return "\n".join(lines)
-
-
-_IMG_SRC = re.compile(r'(<img\b[^>]*?\bsrc=")([^"]*)(")')
-
-
-def render_html(markdown_text: str, base_dir: str | Path, title: str = "DDPM run report") -> str:
-    """The same report as one standalone HTML page: every image inlined as a data: URI, no external
-    stylesheet, script or font, so that it opens as a mail attachment and in MLflow's artifact view."""
-    import markdown
-
-    base = Path(base_dir)
-
-    def inline(match: re.Match) -> str:
-        src = html.unescape(match.group(2))
-        path = base / src
-        if "://" in src or src.startswith("data:") or not path.is_file():
-            raise DataError(f"report image {src!r} is not a file under {base}: write the figure before the report "
-                            "(the report embeds every image)")
-        mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return f"{match.group(1)}data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}{match.group(3)}"
-
-    body = _IMG_SRC.sub(inline, markdown.markdown(markdown_text, extensions=["tables", "fenced_code"]))
-    style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
-             "table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.25rem .6rem}"
-             "th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;padding:1rem;overflow:auto}"
-             # the grid is one pixel per pixel: shown larger, its pixels kept sharp
-             'img[alt="samples"]{width:min(100%,30rem);image-rendering:pixelated}')
-    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head>\n<body>\n{body}\n</body></html>\n")
