@@ -12,9 +12,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from ddpm.config import Config, load_config
-from ddpm.errors import DataError, TrackingUnavailable, UserError
+import yaml
+
+from ddpm.config import Config, config_from_dict
+from ddpm.config.parsing import read_mapping
+from ddpm.errors import ConfigError, DataError, TrackingUnavailable, UserError
 from ddpm.interrupts import TrainingInterrupted
 from ddpm.io import write_json
 from pipeline.paths import LOSS_CURVE, PARAMS, TIMING, TRAIN_EVAL
@@ -22,7 +26,8 @@ from pipeline.paths import LOSS_CURVE, PARAMS, TIMING, TRAIN_EVAL
 log = logging.getLogger("pipeline")
 EXIT_BAD_INPUT = 2  # UserError: bad parameters or inputs; the same input fails the same way
 EXIT_DIVERGED = 3  # FloatingPointError: training diverged; the same parameters diverge again
-EXIT_TEMPORARY = 75  # EX_TEMPFAIL (sysexits.h): the tracking server did not answer; worth a retry
+EXIT_TEMPORARY = 75  # EX_TEMPFAIL (sysexits.h): the tracking server did not answer, params.yaml changed; retry
+DVC_FILES = (Path("dvc.yaml"), Path("registry/dvc.yaml"))  # where the stages declare the params dvc.lock records
 
 
 def run(stage: Callable[[Config], dict | None]) -> None:
@@ -34,7 +39,15 @@ def run(stage: Callable[[Config], dict | None]) -> None:
         else stage.__module__.rsplit(".", 1)[-1]
     t0 = time.perf_counter()
     try:
-        timing = stage(load_config(PARAMS)) or {}  # a stage may return its own wall-clock figures
+        raw = read_mapping(PARAMS)  # read once: the values the stage runs with are those it compares at its end
+        cfg = config_from_dict(raw)
+        if "torch" in sys.modules:  # a stage that computes: its device and memory, before it allocates or writes
+            from ddpm.runtime import check_before_run
+
+            check_before_run(cfg)
+        started_with = recorded_params(name, raw)
+        timing = stage(cfg) or {}  # a stage may return its own wall-clock figures
+        check_params_unchanged(name, started_with)
         write_json(timing_file(name), {"stage": name, "wall_s": round(time.perf_counter() - t0, 3),
                                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **timing})
     except OSError as exc:
@@ -46,7 +59,7 @@ def run(stage: Callable[[Config], dict | None]) -> None:
     except TrainingInterrupted as exc:
         print(f"error: {name}: {exc}", file=sys.stderr)
         sys.exit(128 + signal.Signals[exc.signal_name])
-    except TrackingUnavailable as exc:
+    except (TrackingUnavailable, ParamsChanged) as exc:
         print(f"error: {name}: {exc}", file=sys.stderr)
         sys.exit(EXIT_TEMPORARY)
     except UserError as exc:
@@ -58,6 +71,53 @@ def run(stage: Callable[[Config], dict | None]) -> None:
     except KeyboardInterrupt:
         print(f"error: {name}: interrupted; nothing half-written was kept", file=sys.stderr)
         sys.exit(130)
+
+
+class ParamsChanged(Exception):
+    """params.yaml changed under a running stage: DVC reads the parameters when the stage ends, so its dvc.lock
+    would credit the outputs to values they were not made with. Running it again uses the new values."""
+
+
+def recorded_params(stage: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """The values of params.yaml (`raw`) that dvc.lock records for `stage` (its `params:` in dvc.yaml), by dotted
+    key down to each leaf; all of them where dvc.yaml does not declare the stage or it depends on params.yaml."""
+    declared: dict[str, Any] = {}
+    for dvc_file in DVC_FILES:
+        try:
+            declared = declared or yaml.safe_load(dvc_file.read_text())["stages"][stage]
+        except (OSError, yaml.YAMLError, KeyError, TypeError):
+            pass
+    keys = None if "params.yaml" in declared.get("deps", []) else declared.get("params")
+    if not keys:
+        return leaves(raw)
+    values: dict[str, Any] = {}
+    for key in map(str, keys):
+        value: Any = raw
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        values.update(leaves({key: value}))
+    return values
+
+
+def leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def check_params_unchanged(stage: str, started_with: dict[str, Any]) -> None:
+    """ParamsChanged when a value the stage's dvc.lock records differs from what the stage started with."""
+    try:
+        now = recorded_params(stage, read_mapping(PARAMS))
+    except ConfigError as exc:  # unreadable now: changed, as far as DVC can tell
+        now = {"params.yaml": str(exc)}
+    changed = [key for key in sorted(set(started_with) | set(now)) if started_with.get(key) != now.get(key)]
+    if changed:
+        key = changed[0]
+        raise ParamsChanged(f"params.yaml changed while the stage ran ({key} = {started_with.get(key)!r} when it "
+                            f"started, {now.get(key)!r} now): dvc.lock would record values this run did not use, so "
+                            "the stage fails instead; re-run (dvc repro) to run it with the new ones")
 
 
 def timing_file(stage: str) -> Path:

@@ -109,7 +109,7 @@ def test_another_chain_a_missing_an_untrained_and_a_corrupt_file_are_one_line_na
 
 BAD = [
     ({"sample": {"classifier_scale": -1.0}}, r"sample\.classifier_scale = -1\.0 is out of range: expected a finite"),
-    ({"sample": {"classifier_scale": math.inf}}, r"sample\.classifier_scale = inf is out of range"),
+    ({"sample": {"classifier_scale": math.inf}}, r"sample\.classifier_scale = inf must be a finite number"),
     ({"sweep": {"classifier_scales": [1.0, -2.0]}}, r"sweep\.classifier_scales = \[1\.0, -2\.0\] is out of range"),
     ({"noisy_classifier": {"lr": 0.0}}, r"noisy_classifier\.lr = 0\.0 is out of range: expected > 0"),
     ({"noisy_classifier": {"epochs": 0}}, r"noisy_classifier\.epochs = 0 is out of range: expected >= 1"),

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,10 @@ from ddpm.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DIGITS = [str(i) for i in range(10)]
+# Class names become parts of MLflow metric names (evaluate's per-class coverage) and labels in the report: what
+# MLflow accepts in a metric name (word characters, '.', '-', ' ', ':', '/' as in FashionMNIST's "T-shirt/top"),
+# starting with a word character, in at most 64 characters so that the longest metric name stays under MLflow's 250
+CLASS_NAME = re.compile(r"\w[\w.\- :/]{0,63}")
 
 
 @dataclass
@@ -94,25 +100,20 @@ def load_torchvision(name: str, root: str | Path, train: bool) -> Dataset:
 
 
 def load_folder(root: str | Path, channels: int) -> Dataset:
-    from PIL import Image
-
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist: set data.root to a folder of class sub-folders")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files = [(f, i) for i, c in enumerate(classes) for f in sorted((root / c).rglob("*"))
-             if f.suffix.lower() in IMAGE_SUFFIXES]
-    if not files:
+    by_class = {c: [f for f in sorted((root / c).rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES] for c in classes}
+    if not any(by_class.values()):
         raise DataError(f"image folder {root} holds no images in class sub-folders "
                         f"(expected {root}/<class>/<image>.png): add images or fix data.root")
-    mode = "L" if channels == 1 else "RGB"
+    for c, found in by_class.items():  # an empty class would still take a label and shift every later one
+        if not found:
+            raise DataError(f"class folder {root / c} holds no images: add images to it or remove it")
     images, labels, sizes = [], [], {}
-    for f, label in files:
-        try:
-            with Image.open(f) as im:
-                arr = np.asarray(im.convert(mode))
-        except OSError as exc:
-            raise DataError(f"{f} is not a readable image ({exc}): remove or replace it") from None
+    for label, f in ((i, f) for i, c in enumerate(classes) for f in by_class[c]):
+        arr = read_image(f, channels)
         sizes.setdefault(arr.shape[:2], f)
         if len(sizes) > 1:
             (s1, f1), (s2, f2) = list(sizes.items())[:2]
@@ -121,6 +122,33 @@ def load_folder(root: str | Path, channels: int) -> Dataset:
         images.append(arr.reshape(arr.shape[0], arr.shape[1], channels))
         labels.append(label)
     return Dataset(np.stack(images).astype(np.uint8), np.asarray(labels, dtype=np.int64), classes)
+
+
+def read_image(path: Path, channels: int) -> np.ndarray:
+    """One image as uint8 (H, W) or (H, W, 3). Above PIL's pixel limit it is refused before it is decoded: PIL
+    only warns between that limit and twice it, and a small file can decode to gigabytes."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return np.asarray(im.convert("L" if channels == 1 else "RGB"))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"{path} is a decompression bomb (more pixels than PIL's limit of {Image.MAX_IMAGE_PIXELS}): "
+                        "remove it or shrink it to data.image_size") from None
+    except OSError as exc:
+        raise DataError(f"{path} is not a readable image ({exc}): remove or replace it") from None
+
+
+def check_class_names(names: list[str], source: str, root: str | Path) -> None:
+    """Refuse at prepare a class name that would fail only at evaluate's or promote's MLflow calls, at the DAG's end."""
+    for name in names:
+        if not CLASS_NAME.fullmatch(name):
+            where = f"a folder in {root}" if source == "folder" else f"source {source}"
+            raise DataError(f"class name {name!r} ({where}) cannot be part of an MLflow metric name: rename the "
+                            "folder to word characters, '.', '-', ':' and spaces (at most 64, the first a letter, "
+                            "digit or '_')")
 
 
 # ---------------------------------------------------------------------------- splits
@@ -156,6 +184,7 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         n_test = None if cfg.limit is None else max(1, int(round(cfg.limit * cfg.test_fraction)))
         splits = Splits(_limit(train, None if cfg.limit is None else cfg.limit - n_test, seed),
                         _limit(test, n_test, seed))
+    check_class_names(splits.train.class_names, cfg.source, cfg.root)
     _, h, w, c = splits.train.images.shape
     if (h, w) != (cfg.image_size, cfg.image_size):
         fix = f"set data.image_size: {h}" if h == w else "use square images"

@@ -13,14 +13,17 @@ use its best kernels (and bf16 where it has it natively).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ddpm.config import Config
 from ddpm.config.groups import PORTABLE_CPU_ENV
-from ddpm.errors import CheckpointError
+from ddpm.config.memory import check_memory
+from ddpm.errors import ConfigError
 
 
 def cpu_kernels_pinned() -> bool:
@@ -32,8 +35,65 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError(f'runtime.device = "{name}" but no CUDA device is visible: use "auto" or "cpu"')
+        raise ConfigError(f'runtime.device = "{name}" but no CUDA device is visible: use "auto" or "cpu"')
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.index is not None and device.index >= count:  # torch would fail at the first tensor moved there
+        raise ConfigError(f"runtime.device = {name!r} but this machine has {count} CUDA device"
+                          f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1}): use one of them, or \"auto\"")
     return device
+
+
+def check_before_run(cfg: Config) -> None:
+    """What each stage checks before it allocates or writes that needs the machine or the chain's numbers (so not in
+    ddpm.config, torch- and numpy-free): the device exists, every batch's lower bound of memory fits it
+    (ddpm.config.memory), and EDM's training noise levels fall inside the chain."""
+    check_lognormal_noise(cfg)
+    device = resolve_device(cfg.runtime.device)
+    host = host_memory_bytes()
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        device_bytes, name = torch.cuda.get_device_properties(index).total_memory, f"GPU cuda:{index}"
+    else:
+        device_bytes, name = host, "CPU memory"
+    check_memory(cfg, device_bytes, host, name, distributed_from_env().world_size)
+
+
+def check_lognormal_noise(cfg: Config) -> None:
+    """EDM's ln sigma ~ N(P_mean, P_std^2) is rounded to the chain's nearest t (ddpm.timesteps): a mean or a spread far
+    outside the chain's noise levels puts nearly every step at t = 0 or t = T - 1, a run that trains one noise level
+    and samples noise."""
+    if cfg.train.lognormal_noise is None or cfg.diffusion.timesteps <= 2:  # T <= 2: every t is an end
+        return
+    import numpy as np
+
+    from ddpm.schedules import make_betas
+
+    p_mean, p_std = cfg.train.lognormal_noise
+    abar = np.cumprod(1.0 - make_betas(cfg.diffusion))
+    log_sigma = 0.5 * np.log((1.0 - abar) / abar)
+    inner = (log_sigma[:2].mean(), log_sigma[-2:].mean())  # the bounds of the bins between the two ends
+
+    def cdf(x: float) -> float:
+        return 0.5 * math.erfc((p_mean - x) / (p_std * math.sqrt(2.0)))
+
+    ends = cdf(inner[0]) + 1.0 - cdf(inner[1])
+    if ends > 0.5:
+        raise ConfigError(f"train.lognormal_noise = [{p_mean}, {p_std}] draws {ends:.0%} of training steps at the "
+                          f"chain's ends (t = 0 or T - 1; its ln sigma runs from {log_sigma[0]:.1f} to "
+                          f"{log_sigma[-1]:.1f}): choose P_mean within that range and P_std about 1 (EDM: [-1.2, 1.2])")
+
+
+def host_memory_bytes() -> int:
+    """The memory this process may use: the machine's RAM, or its cgroup's limit where lower (a container)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):  # cgroup v2, v1
+        try:
+            text = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
 
 
 def cpu_has_native_bf16() -> bool:
@@ -112,6 +172,13 @@ def global_mean(x: torch.Tensor, world_size: int) -> float:
         torch.distributed.all_reduce(x)
         x /= world_size
     return x.item()
+
+
+def process_batches(count: int, batch_size: int, processes: Distributed = Distributed()) -> list[range]:
+    """The indices of each batch of range(count) that this process takes: batches r, r + W, ... of rank r of W.
+    One process's batches are these batches too, so per-batch work split this way gives one process's bytes."""
+    starts = range(processes.rank * batch_size, count, processes.world_size * batch_size)
+    return [range(start, min(start + batch_size, count)) for start in starts]
 
 
 def gather_objects(parts: dict, world_size: int) -> dict:

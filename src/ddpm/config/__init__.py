@@ -21,10 +21,9 @@ from ddpm.config.groups import (
     SweepConfig,
     TrackingConfig,
 )
-from ddpm.config.parsing import build, plain, read_mapping
+from ddpm.config.parsing import build, check_seed, plain, read_mapping
 from ddpm.config.training import DataConfig, DiffusionConfig, ModelConfig, TrainConfig
 from ddpm.errors import ConfigError
-
 
 # Training keys added after checkpoints were made, with the value that every run before them had: at that
 # value a key stays out of training_dict, so an older checkpoint's record (and its snapshots' run identity) is
@@ -53,6 +52,7 @@ class Config:
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 value.validate()
+        check_seed("seed", self.seed)
         levels = len(self.model.channel_mult) - 1
         if self.data.image_size % (2**levels):
             raise ConfigError(
@@ -110,6 +110,9 @@ class Config:
                 f"sample.num_samples = {n} is too few for evaluate.kid_subset_size = {ev.kid_subset_size} and "
                 f"evaluate.pr_k = {ev.pr_k}: raise sample.num_samples or lower those two"
             )
+        if self.sample.grid_size > n:  # the sample stage's grid would show fewer samples than it says
+            raise ConfigError(f"sample.grid_size = {self.sample.grid_size} is more than sample.num_samples = {n}: "
+                              f"show at most {n}")
 
     def _check_noisy_classifier(self) -> None:
         nc, size = self.noisy_classifier, self.data.image_size

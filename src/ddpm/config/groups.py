@@ -5,18 +5,21 @@ The groups that shape a checkpoint are in ddpm.config.training; ddpm.config puts
 
 from __future__ import annotations
 
-import math
 import re
 import typing
 from dataclasses import dataclass
 from typing import Literal
 
-from ddpm.config.parsing import check
+from ddpm.config.parsing import check, check_seed, check_weight_decay
 from ddpm.errors import ConfigError
 
 # The metrics tracking.champion_metric may name, and whether lower is better (FID, KID) or higher
 # (precision, recall); the champion gate (ddpm.tracking.champion) compares in these directions.
 CHAMPION_METRICS = {"fid": "lower", "kid_mean": "lower", "precision": "higher", "recall": "higher"}
+# Guidance weights and classifier scales: published ones are below 20; far beyond, (1 + w) cond - w uncond is
+# noise that ends in inf (reported as a diverged checkpoint), or a sampler's x_t saturates
+MAX_GUIDANCE = 1000.0
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 @dataclass(frozen=True)
 class SampleConfig:
@@ -42,16 +45,19 @@ class SampleConfig:
 
     def validate(self) -> None:
         check(self.num_samples >= 1, "sample.num_samples", self.num_samples, ">= 1")
-        check(math.isfinite(self.classifier_scale) and self.classifier_scale >= 0.0, "sample.classifier_scale",
-              self.classifier_scale, "a finite number >= 0 (0 = no classifier guidance)")
+        check(0.0 <= self.classifier_scale <= MAX_GUIDANCE, "sample.classifier_scale", self.classifier_scale,
+              f"a finite number >= 0 and <= {MAX_GUIDANCE:g} (0 = no classifier guidance)")
         check(self.classes is None or (len(self.classes) > 0 and min(self.classes) >= 0), "sample.classes",
                None if self.classes is None else list(self.classes), "null (every class) or a list of labels >= 0")
-        check(self.guidance >= 0.0, "sample.guidance", self.guidance, ">= 0 (0 = no guidance)")
-        check(self.autoguidance >= 0.0, "sample.autoguidance", self.autoguidance, ">= 0 (0 = no autoguidance)")
+        check(0.0 <= self.guidance <= MAX_GUIDANCE, "sample.guidance", self.guidance,
+              f">= 0 and <= {MAX_GUIDANCE:g} (0 = no guidance)")
+        check(0.0 <= self.autoguidance <= MAX_GUIDANCE, "sample.autoguidance", self.autoguidance,
+              f">= 0 and <= {MAX_GUIDANCE:g} (0 = no autoguidance)")
         check(self.steps >= 1, "sample.steps", self.steps, ">= 1")
         check(0.0 <= self.eta <= 1.0, "sample.eta", self.eta, "in [0, 1]")
         check(self.batch_size >= 1, "sample.batch_size", self.batch_size, ">= 1")
         check(self.grid_size >= 1, "sample.grid_size", self.grid_size, ">= 1")
+        check_seed("sample.seed", self.seed)
 
     def check_conditioning(self, num_classes: int, classifier_classes: int | None = None) -> None:
         """classes and guidance against a model with `num_classes` classes (0: unconditional) and, once loaded,
@@ -89,7 +95,7 @@ class ClassifierConfig:
     def validate(self) -> None:
         check(self.epochs >= 1, "classifier.epochs", self.epochs, ">= 1")
         check(self.batch_size >= 1, "classifier.batch_size", self.batch_size, ">= 1")
-        check(self.lr > 0.0, "classifier.lr", self.lr, "> 0")
+        check(0.0 < self.lr <= 1.0, "classifier.lr", self.lr, "in (0, 1] (Adam learning rate)")
         check(self.width >= 4, "classifier.width", self.width, ">= 4")
 
 
@@ -113,8 +119,8 @@ class NoisyClassifierConfig:
         key = "noisy_classifier."
         check(self.epochs >= 1, key + "epochs", self.epochs, ">= 1")
         check(self.batch_size >= 1, key + "batch_size", self.batch_size, ">= 1")
-        check(math.isfinite(self.lr) and self.lr > 0.0, key + "lr", self.lr, "> 0 (AdamW learning rate)")
-        check(self.weight_decay >= 0.0, key + "weight_decay", self.weight_decay, ">= 0")
+        check(0.0 < self.lr <= 1.0, key + "lr", self.lr, "in (0, 1] (AdamW learning rate)")
+        check_weight_decay("noisy_classifier", self.lr, self.weight_decay)
         check(self.base_channels >= 1, key + "base_channels", self.base_channels, ">= 1")
         check(len(self.channel_mult) >= 1 and all(m >= 1 for m in self.channel_mult), key + "channel_mult",
               list(self.channel_mult), "a non-empty list of integers >= 1")
@@ -182,10 +188,12 @@ class SweepConfig:
                (list(self.samplers), list(self.steps)), "at least one sampler and step count when sweep.ddpm is false")
         check(self.num_samples >= 2, "sweep.num_samples", self.num_samples, ">= 2 (a covariance needs two)")
         check(self.batch_size >= 1, "sweep.batch_size", self.batch_size, ">= 1")
-        check(all(w >= 0 for w in self.guidance), "sweep.guidance", list(self.guidance),
-              "a list of guidance weights >= 0 (0 = plain conditional)")
-        check(all(math.isfinite(s) and s >= 0 for s in self.classifier_scales), "sweep.classifier_scales",
-              list(self.classifier_scales), "a list of finite classifier scales >= 0 (0 = no classifier guidance)")
+        check(all(0 <= w <= MAX_GUIDANCE for w in self.guidance), "sweep.guidance", list(self.guidance),
+              f"a list of guidance weights >= 0 and <= {MAX_GUIDANCE:g} (0 = plain conditional)")
+        check(all(0 <= s <= MAX_GUIDANCE for s in self.classifier_scales), "sweep.classifier_scales",
+              list(self.classifier_scales),
+              f"a list of classifier scales >= 0 and <= {MAX_GUIDANCE:g} (0 = no classifier guidance)")
+        check_seed("sweep.seed", self.seed)
 
 
 # runtime.cpu_isa = avx2: set before torch loads (pipeline/__init__.py); ddpm.runtime says why
@@ -202,8 +210,8 @@ class RuntimeConfig:
     cpu_isa: Literal["avx2", "native"] = "avx2"
 
     def validate(self) -> None:
-        check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
-               "runtime.device", self.device, '"auto", "cpu", "cuda" or "cuda:N"')
+        check(DEVICE.fullmatch(self.device) is not None, "runtime.device", self.device,
+              '"auto", "cpu", "cuda" or "cuda:N" (N: a GPU index; the stages run on CPUs and CUDA GPUs only)')
 
 
 @dataclass(frozen=True)

