@@ -126,6 +126,103 @@ def test_logs_warnings_and_tracebacks_of_a_tracking_process_are_redacted():
     assert "hunter22" not in proc.stderr + proc.stdout and "tok-abcdef" not in proc.stderr + proc.stdout, proc.stderr
 
 
+@pytest.fixture(scope="module")
+def sqlite_tracker(tmp_path_factory):
+    """A Tracker on a local sqlite:/// backend whose connections the test can make busy or full (PRAGMAs run as
+    each connection opens; disposing of the engine makes the next call open a new one)."""
+    import sqlalchemy
+
+    pragmas: list[str] = []
+
+    def on_connect(connection, _record):
+        for pragma in pragmas:
+            connection.execute(pragma)
+
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "connect", on_connect)
+    db = tmp_path_factory.mktemp("sqlite-backend") / "mlflow.db"
+    tracker = Tracker(f"sqlite:///{db}", "ddpm")
+
+    def reconnect(*new_pragmas: str) -> None:
+        pragmas[:] = new_pragmas
+        tracker.client._tracking_client.store.engine.dispose()
+
+    yield tracker, db, reconnect
+    reconnect()
+    sqlalchemy.event.remove(sqlalchemy.engine.Engine, "connect", on_connect)
+
+
+def tracking_stage_exit(tmp_path, monkeypatch, call) -> tuple[int, str]:
+    """A stage that makes one tracking call, run as pipeline.stage.run runs every stage: its exit code, its line."""
+    import contextlib
+    import io
+
+    from pipeline.stage import run as run_stage
+
+    shutil.copy2(Path(__file__).parents[1] / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    err = io.StringIO()
+    with pytest.raises(SystemExit) as info, contextlib.redirect_stderr(err):
+        run_stage(lambda cfg: call())
+    return info.value.code, err.getvalue()
+
+
+def test_a_locked_sqlite_database_is_retryable_exit_75(sqlite_tracker, tmp_path, monkeypatch):
+    import sqlite3
+
+    tracker, db, reconnect = sqlite_tracker
+    reconnect("PRAGMA busy_timeout = 200")  # MLflow waits 20 s for a lock; the same error comes sooner
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another writer, e.g. a second pipeline on the same mlflow.db
+    try:
+        code, err = tracking_stage_exit(tmp_path, monkeypatch, lambda: tracker.create_run("r", {"k": "v"}))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        reconnect()
+    assert code == EXIT_TEMPORARY, err
+    [line] = err.strip().splitlines()
+    assert "is busy (database is locked" in line and "re-run" in line
+
+
+def test_a_full_disk_under_the_backend_is_retryable_exit_75(sqlite_tracker, tmp_path, monkeypatch):
+    tracker, _, reconnect = sqlite_tracker
+    reconnect("PRAGMA max_page_count = 1")  # SQLITE_FULL, as on a full disk: no page more can be written
+
+    def fill() -> None:
+        run_id = tracker.create_run("r", {})
+        tracker.log(run_id, tags={f"k{i}": "v" * 400 for i in range(100)})
+
+    try:
+        code, err = tracking_stage_exit(tmp_path, monkeypatch, fill)
+    finally:
+        reconnect()
+    assert code == EXIT_TEMPORARY, err
+    [line] = err.strip().splitlines()
+    assert "cannot write (database or disk is full)" in line and "free disk space" in line
+
+
+def test_two_promotions_at_once_leave_the_better_model_champion(sqlite_tracker):
+    """Promotion B reads the champion (v1), then promotion A (better) moves the alias and checks; B then moves
+    it from what it read: without a re-check after the write, the worse model is left champion."""
+    tracker, _, _ = sqlite_tracker
+    name = "race"
+    tracker.client.create_registered_model(name)
+    for _ in range(3):
+        tracker.client.create_model_version(name, "file:///nowhere", run_id=None)
+    old, better, worse = measured(40.0), measured(20.0), measured(30.0)
+    assert tracker.champion_gate(tracker.create_run("c", {}), name, "1", old)["champion"] == "1"
+    stale = tracker.alias_version(name, "champion")  # what B read before A wrote
+    tracker_b = Tracker(tracker.uri, "ddpm")
+    reads = iter([stale])
+    original = tracker_b.alias_version
+    tracker_b.alias_version = lambda model, alias: next(reads, None) or original(model, alias)
+    assert tracker.champion_gate(tracker.create_run("a", {}), name, "2", better)["champion"] == "2"
+    decision = tracker_b.champion_gate(tracker_b.create_run("b", {}), name, "3", worse)
+    assert tracker.alias_version(name, "champion").version == 2
+    assert (decision["decision"], decision["champion"]) == ("kept", "2"), decision
+    assert "30 >= 20 of champion version 2" in decision["reason"]
+
+
 def test_served_requests_are_validated():
     from mlflow.exceptions import MlflowException
 

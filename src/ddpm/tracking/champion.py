@@ -55,6 +55,24 @@ def gate(candidate: str, measurement: dict[str, Any], champion: str | None,
                                      f"({where}; {direction} is better)")
 
 
+def rightful_champion(champion: str, measurement: dict[str, Any], winners: dict[str, dict[str, Any]]) -> str:
+    """The version that should hold the champion alias: `champion` (holding it with `measurement`), unless a
+    version that won the alias once (`winners`: version -> the measurement it won with) is strictly better on
+    the same metric under the same conditions (of equals, the one holding it stays).
+
+    Sequential promotions never leave a better winner behind (each beat the one before); racing ones can.
+    """
+    direction = CHAMPION_METRICS[measurement["metric"].partition(".")[2]]
+    best, best_value = champion, measurement["value"]
+    for version, theirs in sorted(winners.items(), key=lambda item: int(item[0])):
+        if theirs.get("metric") != measurement["metric"] or theirs.get("under") != measurement["under"]:
+            continue
+        value = theirs["value"]
+        if math.isfinite(value) and (value < best_value if direction == "lower" else value > best_value):
+            best, best_value = version, value
+    return best
+
+
 def gate_note(decision: dict[str, Any]) -> str:
     """One markdown paragraph for the run's description in the MLflow UI."""
     cand = decision["candidate"]

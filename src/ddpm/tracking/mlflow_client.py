@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
-import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,29 +47,14 @@ from mlflow.entities.model_registry import ModelVersion  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
 from ddpm.errors import TrackingError, TrackingUnavailable  # noqa: E402
-from ddpm.tracking.champion import gate, gate_note  # noqa: E402
+from ddpm.tracking.champion import gate, gate_note, rightful_champion  # noqa: E402
+from ddpm.tracking.failures import tracking_error  # noqa: E402
 
 _BATCH = 100  # MLflow's limit of params (and tags) per log_batch call
-
-
-def _tracking_error(where: str, exc: BaseException) -> TrackingError:
-    """One line naming the backend and the fix; TrackingUnavailable when the server did not answer."""
-    chain, e = [], exc
-    while e is not None and len(chain) < 10:
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    text = " ".join(str(e) for e in chain)
-    if any(isinstance(e, requests.ConnectionError) for e in chain) or "Max retries exceeded" in text:
-        errno = re.search(r"\[Errno -?\d+\] [^'\")(]+", text)
-        reason = errno.group(0).strip() if errno else "no connection"
-        if isinstance(exc, requests.Timeout) or "timed out" in text:
-            reason = f"no answer within MLFLOW_HTTP_REQUEST_TIMEOUT={os.environ['MLFLOW_HTTP_REQUEST_TIMEOUT']} s"
-        return TrackingUnavailable(
-            f"cannot reach the MLflow tracking server at {where} ({reason}): start it, or point MLFLOW_TRACKING_URI "
-            "at a running server (unset it for the project's local sqlite:///mlflow.db), then re-run (dvc repro)")
-    first = redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else exc.__class__.__name__
-    return TrackingError(f"MLflow at {where} failed: {first[:300]}: fix the tracking server or its storage "
-                         "(MLFLOW_TRACKING_URI), then re-run (dvc repro)")
+_SETTLE_ROUNDS = 10  # alias moves after a promotion before giving up: each round needs another promotion racing it
+# MLflow logs a database error's whole traceback before raising it as the MlflowException that tracking_error
+# turns into the stage's one line
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 class Tracker:
@@ -94,7 +79,7 @@ class Tracker:
         try:
             yield
         except (MlflowException, requests.RequestException) as exc:
-            raise _tracking_error(self.where, exc) from None
+            raise tracking_error(self.where, exc) from None
 
     # ------------------------------------------------------------------------ runs
     def find_run(self, tags: dict[str, str]) -> str | None:
@@ -208,6 +193,27 @@ class Tracker:
         with self.errors():
             self.client.set_registered_model_alias(model_name, alias, version)
 
+    def settle_champion(self, model_name: str) -> ModelVersion | None:
+        """Compare-and-set after a promotion: re-read the champion and move the alias to ddpm.tracking.champion's
+        rightful_champion among the versions that won it, until a read finds it there; the champion then.
+
+        Two promotions at once each move the alias from the champion they read, so the later write can leave
+        the worse one champion after the better one has checked; whichever checks last puts the better one back.
+        """
+        for _ in range(_SETTLE_ROUNDS):
+            champion = self.alias_version(model_name, CHAMPION)
+            if champion is None or MEASUREMENT_TAG not in champion.tags:
+                return champion
+            with self.errors():
+                versions = self.client.search_model_versions(f"name = '{model_name}'")
+            winners = {str(v.version): json.loads(v.tags[MEASUREMENT_TAG]) for v in versions if MEASUREMENT_TAG in v.tags}
+            best = rightful_champion(str(champion.version), json.loads(champion.tags[MEASUREMENT_TAG]), winners)
+            if best == str(champion.version):
+                return champion
+            self.set_alias(model_name, CHAMPION, best)
+        raise TrackingUnavailable(f"the champion alias of {model_name} at {self.where} kept moving under racing "
+                                  "promotions: re-run (dvc repro; the Prefect flow retries by itself)")
+
     def champion_gate(self, run_id: str, model_name: str, version: str, measurement: dict[str, Any]) -> dict[str, Any]:
         """Make `version` the champion if it beats the current one (see `gate`); recorded on the run.
 
@@ -229,6 +235,10 @@ class Tracker:
             if decision["champion"] == version:  # promoted, or already the champion: record how it was measured
                 self.client.set_model_version_tag(model_name, version, MEASUREMENT_TAG, json.dumps(measurement))
                 self.client.set_registered_model_alias(model_name, CHAMPION, version)
+        settled = self.settle_champion(model_name) if decision["champion"] == version else None
+        if settled is not None and str(settled.version) != version:  # a better promotion raced this one
+            decision = {"model": model_name, "run_id": run_id,
+                        **gate(version, measurement, str(settled.version), json.loads(settled.tags[MEASUREMENT_TAG]))}
         self.log(run_id, tags={GATE_TAG: json.dumps(decision), "ddpm.gate.decision": decision["decision"],
                                "mlflow.note.content": gate_note(decision)})
         return decision
