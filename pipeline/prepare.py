@@ -1,7 +1,7 @@
 """Stage prepare: source images -> data/prepared/{train,test}.npz + meta.json."""
 
 from ddpm.config import Config
-from ddpm.data import describe, load_splits, save_split
+from ddpm.data import check_num_classes, describe, load_splits, save_split
 from ddpm.io import atomic_dir, write_json
 from pipeline import paths
 from pipeline.stage import log, run
@@ -9,6 +9,8 @@ from pipeline.stage import log, run
 
 def prepare(cfg: Config) -> None:
     splits = load_splits(cfg.data, cfg.seed)
+    if cfg.model.num_classes:  # train would refuse these labels only after the classifier stages ran
+        check_num_classes(cfg.model.num_classes, splits.train.labels)
     with atomic_dir(paths.PREPARED) as out:
         save_split(out / paths.TRAIN_SPLIT.name, splits.train)
         save_split(out / paths.TEST_SPLIT.name, splits.test)

@@ -120,6 +120,7 @@ GIB = 2**30
     ({"sample": {"num_samples": 10**10, "batch_size": 100}}, r"sample\.num_samples = 10000000000 needs at least"),
     ({"evaluate": {"batch_size": 10**5}}, r"evaluate\.batch_size = 100000 needs at least"),
     ({"model": {"base_channels": 8192}}, r"model\.base_channels = 8192 needs at least .*weights"),
+    ({"model": {"num_classes": 10**10}}, r"model\.num_classes = 10000000000 needs at least .*class embedding"),
     ({"classifier": {"width": 10**5}}, r"classifier\.width = 100000 needs at least .*: lower classifier\.width$"),
     ({"noisy_classifier": {"base_channels": 10**5}, "sample": {"classifier_scale": 1.0}},
      r"noisy_classifier\.base_channels = 100000 needs at least"),
@@ -221,6 +222,7 @@ def project(tmp_path):
     ("seed: 0\nseed: 1\n", "error: prepare: params.yaml sets seed twice (lines 1 and 2)"),
     ("model:\n  norm_groups: 0\n", "error: prepare: model.norm_groups = 0 is out of range"),
     ("runtime:\n  device: cuda:abc\n", "error: prepare: runtime.device = 'cuda:abc' is out of range"),
+    ("model:\n  num_classes: 7\n", "error: prepare: model.num_classes = 7 but the training labels run from 0 to 9"),
     ("train:\n  batch_size: 1000000000\n", "error: prepare: train.batch_size = 1000000000 needs at least"),
 ])
 def test_the_stage_says_it_in_one_line_with_exit_2_and_writes_nothing(project, params, fragment):

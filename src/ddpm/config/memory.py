@@ -46,6 +46,8 @@ def needs(cfg: Config, world_size: int = 1) -> list[Need]:
     weights = [
         Need("model.base_channels", m.base_channels, unet_weights * FLOAT * TRAINING_STATE,
              "the U-Net's weights and their training state", fix="lower model.base_channels or model.channel_mult"),
+        Need("model.num_classes", m.num_classes, (m.num_classes + 1) * 4 * m.base_channels * FLOAT * TRAINING_STATE,
+             "the class embedding and its training state", fix="set model.num_classes to the data's classes"),
         Need("classifier.width", width, 9 * 21 * width**2 * FLOAT * (TRAINING_STATE - 1),
              "the domain classifier's weights and their training state", fix="lower classifier.width"),
     ]
