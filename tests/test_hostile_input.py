@@ -171,7 +171,6 @@ def test_a_batch_is_weighed_against_the_gpu_it_runs_on(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: types.SimpleNamespace(total_memory=GIB))
     check_before_run(config_from_dict({"runtime": {"device": "cuda"}}))
     with pytest.raises(ConfigError, match=r"sample\.batch_size = 100000 needs at least .* more than the 1\.0 GiB "

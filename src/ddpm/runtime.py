@@ -48,14 +48,14 @@ def check_before_run(cfg: Config) -> None:
     ddpm.config, torch- and numpy-free): the device exists, every batch's lower bound of memory fits it
     (ddpm.config.memory), and EDM's training noise levels fall inside the chain."""
     check_lognormal_noise(cfg)
-    device = resolve_device(cfg.runtime.device)
+    device, processes = resolve_device(cfg.runtime.device), distributed_from_env()
     host = host_memory_bytes()
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
+    if device.type == "cuda":  # the GPU this process will take (init_distributed: its local rank's under torchrun)
+        index = processes.local_rank if processes.world_size > 1 else device.index or 0
         device_bytes, name = torch.cuda.get_device_properties(index).total_memory, f"GPU cuda:{index}"
     else:
         device_bytes, name = host, "CPU memory"
-    check_memory(cfg, device_bytes, host, name, distributed_from_env().world_size)
+    check_memory(cfg, device_bytes, host, name, processes.world_size)
 
 
 def check_lognormal_noise(cfg: Config) -> None:
