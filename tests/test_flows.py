@@ -25,7 +25,7 @@ from prefect import flow
 from prefect.states import Failed
 
 from ddpm.errors import ConfigError
-from pipeline.flows.deployments import build, check_new_data
+from pipeline.flows.deployments import NEW_DATA_ATTEMPTS, build, check_new_data
 from pipeline.flows.dvc_bridge import StageDiverged, StageFailed, StageInputError, dvc_stages, run_stage, stage_error
 from pipeline.flows.retrain import SERVED_WORKSPACE, retrain
 from pipeline.flows.workspace_lock import workspace_lock
@@ -646,6 +646,58 @@ def test_a_deployment_run_for_another_folder_runs_nothing(prefect_api, fresh_pro
     assert not (evil / "pwned").exists(), proc.stdout + proc.stderr
     assert state.is_failed() and f"project_dir {evil} is not the served workspace {fresh_project}" in state.message, \
         state.message
+
+
+def test_a_failed_new_data_run_is_started_again_for_its_change(prefect_api, plain_copy):
+    """One run per data change while it waits; a new one once it has failed, up to NEW_DATA_ATTEMPTS; then one line."""
+    from prefect.deployments.runner import EntrypointType
+
+    name = "retrain/new-data-retries"  # a deployment of its own: the new-data test counts the runs of its own
+    retrain.to_deployment(name.split("/")[1], parameters={"project_dir": str(plain_copy)},
+                          entrypoint_type=EntrypointType.MODULE_PATH).apply()
+
+    def check():
+        return check_new_data(project_dir=str(plain_copy), deployment=name)
+
+    first = check()  # nothing prepared in this copy: the source is a change
+    assert first["new_data"] and check()["flow_run_id"] == first["flow_run_id"]  # still waiting: the same run
+    started = [first["flow_run_id"]]
+    for _ in range(NEW_DATA_ATTEMPTS - 1):
+        with client() as c:
+            c.set_flow_run_state(started[-1], Failed(message="the machine rebooted"), force=True)
+        again = check()["flow_run_id"]
+        assert again not in started
+        started.append(again)
+    with client() as c:
+        c.set_flow_run_state(started[-1], Failed(message="the machine rebooted"), force=True)
+    state = check_new_data(project_dir=str(plain_copy), deployment=name, return_state=True)
+    assert state.is_failed() and f"all {NEW_DATA_ATTEMPTS} runs of {name} for it failed" in state.message
+
+
+def test_a_retraining_run_forces_prepare_when_the_data_source_changed(prefect_api, plain_copy, monkeypatch):
+    """The nightly run is `retrain` without force: it must see new images, which DVC does not hash."""
+    from prefect import task
+
+    import pipeline.flows.retrain as retrain_module
+    from pipeline.flows.deployments import data_checksums
+
+    calls = {}
+
+    @task(name="dvc-stage-stub")
+    def stub(project_dir, target, force=False):
+        stage = target.rpartition(":")[2]
+        calls[stage] = force
+        return {"stage": stage, "status": "skipped", "seconds": 0.0}
+
+    monkeypatch.setattr(retrain_module, "run_stage", stub)
+    assert retrain(project_dir=str(plain_copy), return_state=True).is_completed()
+    assert calls["prepare"] is True and calls["train"] is False  # nothing prepared yet: the source differs
+    meta = plain_copy / "data" / "prepared" / "meta.json"
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    meta.write_text(json.dumps({"sha256": data_checksums(plain_copy)[1]}))
+    calls.clear()
+    assert retrain(project_dir=str(plain_copy), return_state=True).is_completed()
+    assert calls["prepare"] is False  # prepared from this very source: DVC decides
 
 
 @slow

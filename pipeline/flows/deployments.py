@@ -12,16 +12,14 @@ Why a polling check rather than an event trigger: the data sources (a folder, to
 downloads) emit no events, and dvc.yaml does not track them (prepare depends on code and
 parameters only), so something has to look. The check hashes exactly what `prepare` would write
 (same loader, same split, same checksum function), so it sees new, removed or edited images and
-nothing else; the idempotency key (old -> new checksum) starts one run per change however often
-the check fires while that run waits or works.
+nothing else. A change gets one run however often the check fires while that run waits, works or has
+succeeded, and a new one when it failed (up to NEW_DATA_ATTEMPTS): its runs carry the tag
+new-data:<old>-><new>, and an idempotency key per attempt keeps checks that fire at once to one run.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
-import json
 import os
 import sys
 from datetime import timedelta
@@ -31,48 +29,58 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 
-from ddpm.config import load_config
-from ddpm.data import describe, load_splits
 from ddpm.errors import UserError
-from pipeline import paths
+from pipeline.flows.data_check import data_checksums, short
 from pipeline.flows.retrain import SERVED_WORKSPACE, project_root, retrain
 
 NIGHTLY_CRON = "0 3 * * *"  # 03:00 UTC
 CHECK_EVERY = timedelta(minutes=15)
 NEW_DATA_DEPLOYMENT = "retrain/new-data"
+NEW_DATA_ATTEMPTS = 3  # runs per data change; a change whose runs all failed needs a person
 
 
-def data_checksums(root: Path) -> tuple[dict[str, str] | None, dict[str, str]]:
-    """(the prepared data's SHA-256 per split from meta.json, or None; the source's, as prepare would write it)."""
-    cfg = load_config(root / paths.PARAMS)
-    data = cfg.data
-    if not Path(data.root).is_absolute():  # data.root is relative to the project, not to this process
-        data = dataclasses.replace(data, root=str(root / data.root))
-    source = describe(data, cfg.seed, load_splits(data, cfg.seed))["sha256"]
-    meta = root / paths.DATA_META
-    prepared = json.loads(meta.read_text())["sha256"] if meta.is_file() else None
-    return prepared, source
+def runs_for_change(deployment: str, tag: str) -> list:
+    """The flow runs of `deployment` started for one data change (tagged `tag`), newest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterTags
+    from prefect.client.schemas.sorting import FlowRunSort
 
-
-def _short(checksums: dict[str, str] | None) -> str:
-    if checksums is None:
-        return "none"
-    return hashlib.sha256(json.dumps(checksums, sort_keys=True).encode()).hexdigest()[:16]
+    with get_client(sync_client=True) as client:
+        target = client.read_deployment_by_name(deployment)
+        return client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag])),
+                                     deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[target.id])),
+                                     sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=50)
 
 
 @flow(name="check-new-data", description="Start retrain/new-data when the data source differs from the prepared data.")
 def check_new_data(project_dir: str | None = None, deployment: str = NEW_DATA_DEPLOYMENT) -> dict[str, Any]:
+    """One retraining run per data change while it waits, works or has succeeded; a new one when the last
+    failed (a crash, a full disk, a server down for longer than the stages' retries), up to NEW_DATA_ATTEMPTS."""
     logger = get_run_logger()
     root = project_root(project_dir)
     prepared, source = data_checksums(root)
     if prepared == source:
-        logger.info("no new data: the source matches data/prepared/meta.json (%s)", _short(source))
-        return {"new_data": False, "checksum": _short(source)}
-    logger.info("new data: the source is %s, the prepared data %s", _short(source), _short(prepared))
+        logger.info("no new data: the source matches data/prepared/meta.json (%s)", short(source))
+        return {"new_data": False, "checksum": short(source)}
+    change = f"{short(prepared)}->{short(source)}"
+    logger.info("new data: the source is %s, the prepared data %s", short(source), short(prepared))
+    earlier = runs_for_change(deployment, f"new-data:{change}")
+    going = next((r for r in earlier if r.state is None or not r.state.is_final() or r.state.is_completed()), None)
+    if going is not None:
+        logger.info("flow run %r (%s) of %s is this change's (%s)", going.name, going.id, deployment,
+                    going.state.name if going.state else "no state yet")
+        return {"new_data": True, "checksum": short(source), "flow_run_id": str(going.id)}
+    if len(earlier) >= NEW_DATA_ATTEMPTS:
+        raise UserError(f"new data {change}: all {len(earlier)} runs of {deployment} for it failed (the last: "
+                        f"{earlier[0].name!r}): fix what its log says, then start one (prefect deployment run "
+                        f"{deployment} -p force='[\"prepare\"]')")
+    attempt = len(earlier) + 1
+    # the key makes checks that fire at once start one run for this attempt, the tag finds them all later
     run = run_deployment(deployment, parameters={"project_dir": str(root), "force": ["prepare"]}, timeout=0,
-                         idempotency_key=f"new-data:{root}:{_short(prepared)}->{_short(source)}")
-    logger.info("started flow run %r (%s) of %s", run.name, run.id, deployment)
-    return {"new_data": True, "checksum": _short(source), "flow_run_id": str(run.id)}
+                         tags=[f"new-data:{change}"], idempotency_key=f"new-data:{root}:{change}:{attempt}")
+    logger.info("started flow run %r (%s) of %s, attempt %d of %d for this change", run.name, run.id, deployment,
+                attempt, NEW_DATA_ATTEMPTS)
+    return {"new_data": True, "checksum": short(source), "flow_run_id": str(run.id)}
 
 
 def build(project_dir: str | Path | None = None, cron: str = NIGHTLY_CRON,

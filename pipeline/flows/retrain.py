@@ -25,6 +25,7 @@ from prefect import flow, get_run_logger
 
 from ddpm.errors import UserError
 from pipeline.flows.artifacts import publish_artifacts
+from pipeline.flows.data_check import data_checksums, short
 from pipeline.flows.dvc_bridge import StageDiverged, StageInputError, dvc_stages, run_stage
 from pipeline.flows.workspace_lock import workspace_lock
 from pipeline.overrides import check_overrides, set_params
@@ -77,8 +78,8 @@ def retrain(overrides: list[str] | None = None, force: list[str] | None = None, 
             lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> dict[str, Any]:
     """Retrain: apply `overrides` (e.g. "train.steps=2000") to params.yaml, then every stage in DVC's order.
 
-    force: stages to re-run even if DVC finds them unchanged (`dvc repro --force`), e.g. ["prepare"]
-    when the data source changed behind DVC's back. lock_timeout_s: how long to wait for another
+    force: stages to re-run even if DVC finds them unchanged (`dvc repro --force`); `prepare` is forced by
+    itself when the data source differs from the prepared data (pipeline/flows/data_check.py). lock_timeout_s: how long to wait for another
     retraining run in the same workspace before failing.
     """
     logger = get_run_logger()
@@ -94,6 +95,12 @@ def retrain(overrides: list[str] | None = None, force: list[str] | None = None, 
         unknown = [s for s in force if s not in names]
         if unknown:
             raise UserError(f"force names unknown stage {unknown[0]!r}: choose from {', '.join(names)}")
+        if "prepare" in names and "prepare" not in force:  # DVC does not hash the data source
+            prepared, source = data_checksums(root)
+            if prepared != source:
+                logger.info("the data source (%s) differs from data/prepared/meta.json (%s): prepare re-runs",
+                            short(source), short(prepared))
+                force.append("prepare")
         logger.info("DVC stages in order: %s", " -> ".join(names))
         if any(stage.always_changed for stage in stages):
             logger.info("always_changed (DVC runs them every time): %s",
