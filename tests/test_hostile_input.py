@@ -220,6 +220,7 @@ def project(tmp_path):
     ("", "error: prepare: params.yaml is empty"),
     ("seed: 0\nseed: 1\n", "error: prepare: params.yaml sets seed twice (lines 1 and 2)"),
     ("model:\n  norm_groups: 0\n", "error: prepare: model.norm_groups = 0 is out of range"),
+    ("sample:\n  guidance: .inf\n", "error: prepare: sample.guidance = inf must be a finite number"),
     ("runtime:\n  device: cuda:abc\n", "error: prepare: runtime.device = 'cuda:abc' is out of range"),
     ("model:\n  num_classes: 7\n", "error: prepare: model.num_classes = 7 but the training labels run from 0 to 9"),
     ("train:\n  batch_size: 1000000000\n", "error: prepare: train.batch_size = 1000000000 needs at least"),
