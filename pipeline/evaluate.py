@@ -1,5 +1,6 @@
 """Stage evaluate: FID, KID, precision/recall per feature space with data floors, class coverage, a
-class-conditional model's conditional accuracy, and the NLL bound in bits/dim on held-out images."""
+class-conditional model's conditional accuracy, and the NLL bound in bits/dim on held-out images.
+`torchrun -m pipeline.evaluate` splits the network work over the processes and writes one process's bytes."""
 
 import time
 
@@ -21,7 +22,7 @@ from ddpm.evaluation.scores import (
 )
 from ddpm.io import write_json
 from ddpm.likelihood import dataset_bits_per_dim
-from ddpm.runtime import resolve_device
+from ddpm.runtime import Distributed, distributed_from_env, init_distributed, resolve_device
 from pipeline import paths
 from pipeline.spaces import feature_space, load_reference
 from pipeline.stage import log, progress_enabled, run
@@ -35,7 +36,7 @@ def load_samples(path=paths.SAMPLES) -> tuple[np.ndarray, np.ndarray | None]:
         return z["images"], z["labels"] if "labels" in z.files else None
 
 
-def likelihood(cfg: Config, test: Dataset, device: str) -> dict:
+def likelihood(cfg: Config, test: Dataset, device: str, processes: Distributed) -> dict:
     """The bound of the served EMA weights on the first evaluate.nll_images held-out images."""
     ema, _, trained = load_ema_weights(paths.CHECKPOINT, device)
     n = min(cfg.evaluate.nll_images, len(test))
@@ -43,7 +44,7 @@ def likelihood(cfg: Config, test: Dataset, device: str) -> dict:
                                test.labels[:n] if ema.num_classes else None, terms=cfg.evaluate.nll_terms,
                                variance=cfg.sample.variance, clip_denoised=cfg.sample.clip_denoised,
                                batch_size=cfg.evaluate.batch_size, seed=cfg.seed, device=device,
-                               progress=progress_enabled())
+                               progress=progress_enabled() and processes.is_main, processes=processes)
     variance = "learned" if trained.model.learn_sigma else cfg.sample.variance
     return {**nll, "variance": variance, "conditional": bool(ema.num_classes)}
 
@@ -52,13 +53,16 @@ def evaluate(cfg: Config) -> dict:
     (samples, sample_labels), test = load_samples(), load_split(paths.TEST_SPLIT)
     check_samples(samples, test.images.shape[1:])
     refs = {name: load_reference(cfg, name) for name in cfg.evaluate.spaces}  # fail before the slow part
-    device = str(resolve_device(cfg.runtime.device))
+    processes = distributed_from_env()  # under torchrun the ranks split the network work; rank 0 scores and writes
+    device = str(init_distributed(processes, resolve_device(cfg.runtime.device)))
     metrics, timing = {}, {}
     for name, ref in refs.items():
         space = feature_space(cfg, name)
         t0 = time.perf_counter()
         feats = extract(space, samples, device=device, batch_size=cfg.evaluate.batch_size,
-                        progress=progress_enabled())
+                        progress=progress_enabled() and processes.is_main, processes=processes)
+        if not processes.is_main:
+            continue
         metrics[name] = evaluate_space(feats, ref, space.primary, cfg.evaluate, seed=cfg.seed)
         timing[f"{name}_s"] = time.perf_counter() - t0
         if name == "domain":
@@ -80,8 +84,10 @@ def evaluate(cfg: Config) -> dict:
                  timing[f"{name}_s"])
     if cfg.evaluate.nll_images:
         t0 = time.perf_counter()
-        metrics["nll"] = nll = likelihood(cfg, test, device)
+        metrics["nll"] = nll = likelihood(cfg, test, device, processes)
         timing["nll_s"] = time.perf_counter() - t0
+    if not processes.is_main:
+        return timing
         log.info("NLL %.4f ± %.4f bits/dim on %d held-out images (prior %.4f, KL terms %.4f from %d per image, "
                  "decoder %.4f) in %.1f s", nll["bits_per_dim"], nll["standard_error"], nll["n"], nll["prior"],
                  nll["kl"], nll["terms"], nll["decoder"], timing["nll_s"])

@@ -11,7 +11,7 @@ from ddpm.io import save_npz, write_json
 from ddpm.noisy_classifier_io import load_noisy_classifier
 from ddpm.report.grid import save_grid
 from ddpm.runtime import distributed_from_env, init_distributed, resolve_device
-from ddpm.sampling import generate, process_batches, sample_labels
+from ddpm.sampling import generate, sample_labels
 from pipeline import paths
 from pipeline.stage import log, progress_enabled, run
 
@@ -29,10 +29,6 @@ def sample(cfg: Config) -> dict:
     images = generate(ema, diffusion, cfg.sample, guide=guide, classifier=classifier, device=device,
                       progress=progress_enabled() and processes.is_main, processes=processes)
     wall = time.perf_counter() - t0
-    if processes.world_size > 1:
-        drawn = sum(map(len, process_batches(cfg.sample.num_samples, cfg.sample.batch_size, processes)))
-        log.info("process %d of %d drew %d of the %d samples", processes.rank, processes.world_size, drawn,
-                 len(images))
     if not processes.is_main:
         return {}
     save_npz(paths.SAMPLES, images=images, **({} if labels is None else {"labels": labels}))

@@ -25,6 +25,8 @@ from tqdm.auto import tqdm
 from ddpm.data import to_model_input
 from ddpm.diffusion import GaussianDiffusion, Model, Variance
 from ddpm.losses import normal_kl
+from ddpm.runtime import Distributed, gather_objects, process_batches
+from ddpm.samplers import sample_seed
 
 
 def prior_bpd(diffusion: GaussianDiffusion, x0: torch.Tensor) -> torch.Tensor:
@@ -80,24 +82,26 @@ def bits_per_dim(model: Model, diffusion: GaussianDiffusion, x0: torch.Tensor, *
 def dataset_bits_per_dim(model: Callable[..., torch.Tensor], diffusion: GaussianDiffusion, images: np.ndarray,
                          labels: np.ndarray | None = None, *, terms: int | None, variance: Variance,
                          clip_denoised: bool, batch_size: int, seed: int, device: torch.device | str = "cpu",
-                         progress: bool = False) -> dict[str, float]:
+                         progress: bool = False, processes: Distributed = Distributed()) -> dict[str, float]:
     """The bound on uint8 NHWC `images` in bits/dim: its mean over the images with the standard error of that
     mean (which holds the estimator's noise with the images' spread), N, and the mean of each part.
 
     A class-conditional `model` (labels given) is scored as p(x | y) with each image's own label, as
-    improved-diffusion's image_nll.py does; the noise and strata come from one generator seeded with `seed`.
+    improved-diffusion's image_nll.py does. Each batch's noise and strata come from its own generator, seeded
+    by (`seed`, the batch's first index), so under torchrun (`processes`) the ranks split the batches
+    (ddpm.runtime.process_batches) and every rank returns one process's numbers.
     """
-    generator = torch.Generator().manual_seed(seed)
-    parts: dict[str, list[torch.Tensor]] = {}
-    for start in tqdm(range(0, len(images), batch_size), desc="bits/dim", disable=not progress, dynamic_ncols=True):
-        x0 = to_model_input(torch.from_numpy(images[start:start + batch_size])).to(device)
-        y = None if labels is None else torch.from_numpy(labels[start:start + batch_size]).to(device)
+    parts = {}
+    for batch in tqdm(process_batches(len(images), batch_size, processes), desc="bits/dim", disable=not progress,
+                      dynamic_ncols=True):
+        x0 = to_model_input(torch.from_numpy(images[batch.start:batch.stop])).to(device)
+        y = None if labels is None else torch.from_numpy(labels[batch.start:batch.stop]).to(device)
         network = model if y is None else (lambda x_t, t, y=y: model(x_t, t, y))
-        bound = bits_per_dim(network, diffusion, x0, terms=terms, variance=variance, clip_denoised=clip_denoised,
-                             generator=generator)
-        for name, value in bound.items():
-            parts.setdefault(name, []).append(value)
-    per_image = {name: torch.cat(values) for name, values in parts.items()}
+        parts[batch.start] = bits_per_dim(network, diffusion, x0, terms=terms, variance=variance,
+                                          clip_denoised=clip_denoised,
+                                          generator=torch.Generator().manual_seed(sample_seed(seed, batch.start)))
+    parts = gather_objects(parts, processes.world_size)  # bits_per_dim's tensors are on the CPU
+    per_image = {name: torch.cat([parts[start][name] for start in sorted(parts)]) for name in parts[0]}
     total, n, all_terms = per_image["total"], len(images), diffusion.num_timesteps - 1
     return {"bits_per_dim": total.mean().item(),
             "standard_error": (total.std() / math.sqrt(n)).item() if n > 1 else math.nan, "n": n,

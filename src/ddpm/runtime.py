@@ -13,6 +13,7 @@ use its best kernels (and bf16 where it has it natively).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from ddpm.config import Config
 from ddpm.config.groups import PORTABLE_CPU_ENV
 from ddpm.config.memory import check_memory
 from ddpm.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def cpu_kernels_pinned() -> bool:
@@ -178,7 +181,11 @@ def process_batches(count: int, batch_size: int, processes: Distributed = Distri
     """The indices of each batch of range(count) that this process takes: batches r, r + W, ... of rank r of W.
     One process's batches are these batches too, so per-batch work split this way gives one process's bytes."""
     starts = range(processes.rank * batch_size, count, processes.world_size * batch_size)
-    return [range(start, min(start + batch_size, count)) for start in starts]
+    batches = [range(start, min(start + batch_size, count)) for start in starts]
+    if processes.world_size > 1:
+        log.info("process %d of %d takes %d of %d items (%d batches of %d)", processes.rank, processes.world_size,
+                 sum(map(len, batches)), count, len(batches), batch_size)
+    return batches
 
 
 def gather_objects(parts: dict, world_size: int) -> dict:

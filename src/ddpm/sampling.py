@@ -16,7 +16,7 @@ from ddpm.data import to_uint8_images
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import CheckpointError
 from ddpm.guidance import sampler_model
-from ddpm.runtime import Distributed, gather_objects
+from ddpm.runtime import Distributed, gather_objects, process_batches
 from ddpm.samplers import PerSampleGenerators, sample
 from ddpm.unet import UNet
 
@@ -35,12 +35,6 @@ def sample_labels(cfg: SampleConfig, num_classes: int, classifier_classes: int |
         return None
     classes = np.asarray(cfg.classes if cfg.classes is not None else range(known), dtype=np.int64)
     return classes[np.arange(cfg.num_samples) % len(classes)]
-
-
-def process_batches(num_samples: int, batch_size: int, processes: Distributed = Distributed()) -> list[range]:
-    """The sample indices of each batch this process draws: batches r, r + W, ... of rank r of W."""
-    starts = range(processes.rank * batch_size, num_samples, processes.world_size * batch_size)
-    return [range(start, min(start + batch_size, num_samples)) for start in starts]
 
 
 @torch.no_grad()

@@ -40,6 +40,7 @@ from ddpm.evaluation.inception import (
     resize_tf1,
 )
 from ddpm.io import sha256_file
+from ddpm.runtime import Distributed, gather_objects, process_batches
 
 log = logging.getLogger(__name__)
 
@@ -245,10 +246,26 @@ def _extractor(space: FeatureSpace, cuda: bool, weights_mtime_ns: int) -> Featur
 
 
 def extract(space: FeatureSpace, images: np.ndarray, *, device: torch.device | str = "cpu",
-            batch_size: int = 64, progress: bool = False) -> dict[str, np.ndarray]:
-    """Features of uint8 NHWC images in `space`, as float64 arrays keyed by feature name."""
+            batch_size: int = 64, progress: bool = False, processes: Distributed = Distributed()
+            ) -> dict[str, np.ndarray]:
+    """Features of uint8 NHWC images in `space`, as float64 arrays keyed by feature name. Under torchrun
+    (`processes`) each rank extracts its batches (ddpm.runtime.process_batches) and every rank gets all the
+    features in image order: each batch is the batch one process runs, so the bytes are one process's."""
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise DataError(f"images must be uint8 (N, H, W, 1 or 3), got {images.dtype} {images.shape}")
+    if processes.world_size == 1:
+        return _extract(space, images, device, batch_size, progress)
+    batches = process_batches(len(images), batch_size, processes)
+    mine = images[np.concatenate([np.arange(b.start, b.stop) for b in batches])] if batches else images[:0]
+    feats = _extract(space, mine, device, batch_size, progress) if len(mine) else {}
+    offsets = np.cumsum([0] + [len(b) for b in batches])
+    parts = gather_objects({b.start: {k: v[o:o + len(b)] for k, v in feats.items()}
+                            for b, o in zip(batches, offsets)}, processes.world_size)
+    return {k: np.concatenate([parts[start][k] for start in sorted(parts)]) for k in parts[0]}
+
+
+def _extract(space: FeatureSpace, images: np.ndarray, device: torch.device | str, batch_size: int,
+             progress: bool) -> dict[str, np.ndarray]:
     cuda = torch.device(device).type == "cuda"
     stamp = space.weights.stat().st_mtime_ns if space.weights and space.weights.is_file() else 0
     extractor = _extractor(space, cuda, stamp)

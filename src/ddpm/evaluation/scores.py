@@ -30,6 +30,7 @@ from ddpm.evaluation.metrics import (
     precision_recall,
 )
 from ddpm.io import save_npz
+from ddpm.runtime import Distributed
 
 
 def check_samples(samples: np.ndarray, image_shape: tuple[int, ...]) -> None:
@@ -79,10 +80,11 @@ class Reference:
 
 
 def compute_reference(space: FeatureSpace, test_images: np.ndarray, floor_images: np.ndarray, *,
-                      device: str = "cpu", batch_size: int = 50, progress: bool = False) -> Reference:
-    return Reference(space.name, space.weights_label,
-                     extract(space, test_images, device=device, batch_size=batch_size, progress=progress),
-                     extract(space, floor_images, device=device, batch_size=batch_size, progress=progress))
+                      device: str = "cpu", batch_size: int = 50, progress: bool = False,
+                      processes: Distributed = Distributed()) -> Reference:
+    settings = {"device": device, "batch_size": batch_size, "progress": progress, "processes": processes}
+    return Reference(space.name, space.weights_label, extract(space, test_images, **settings),
+                     extract(space, floor_images, **settings))
 
 
 def compare(generated: np.ndarray, real: np.ndarray, cfg: EvaluateConfig, seed: int = 0) -> dict[str, float]:
