@@ -99,10 +99,27 @@ def test_a_small_request_samples_with_the_registered_defaults(app):
     ([{"num_samples": 2, "seed": -1}], ["seed = -1"]),
     ([{"num_samples": 2, "sampler": 7}], ["sampler = 7"]),
     ([{"num_samples": 2, "class": 12}], ["class = 12"]),
+    ([{"num_samples": 2, "stepz": 3}], ["unknown request field 'stepz'", "did you mean 'steps'?"]),
     ([{"sampler": "ddim"}], ["num_samples is required"]),
 ])
 def test_a_bad_or_too_large_request_is_a_one_line_400_before_any_sampling(app, no_sampling, rows, needles):
     assert_one_line_refusal(*post(app, rows), *needles)
+
+
+def test_csv_and_columnar_requests_are_parsed_and_checked_too(app, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ddpm.sampling, "generate",
+                        lambda ema, diffusion, cfg, **kw: calls.append(cfg) or np.zeros((cfg.num_samples, 28, 28, 1)))
+    response = app.post("/invocations", content="num_samples,steps\n2,3\n", headers={"Content-Type": "text/csv"})
+    assert response.status_code == 200 and [(c.num_samples, c.steps) for c in calls] == [(2, 3)], response.text
+    response = app.post("/invocations", content="num_samples\nabc\n", headers={"Content-Type": "text/csv"})
+    assert_one_line_refusal(response.status_code, response.json(), "num_samples = 'abc'")
+    for body in ({"inputs": {"num_samples": [1, 2], "steps": [3, 4]}},
+                 {"instances": [{"num_samples": 1, "steps": 3}, {"num_samples": 2, "steps": 4}]}):
+        calls.clear()
+        response = app.post("/invocations", json=body)
+        assert response.status_code == 200 and [(c.num_samples, c.steps) for c in calls] == [(1, 3), (2, 4)], \
+            response.text
 
 
 def test_a_failure_while_sampling_is_one_line_without_a_stack_trace(app, monkeypatch):

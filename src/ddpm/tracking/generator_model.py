@@ -20,6 +20,7 @@ checked for type and range before any sampling; a refusal, or a failure while sa
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import math
@@ -33,6 +34,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import set_model
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
+
+from ddpm.tracking.names import REQUEST_FIELDS
 
 log = logging.getLogger(__name__)
 MAX_SAMPLES = 4096  # images per request, all rows together: the answer is held in memory
@@ -103,6 +106,11 @@ def request_config(row: dict[str, Any], defaults, timesteps: int, num_classes: i
 
     if not isinstance(row, dict):
         raise RequestError(f"request row {_shown(row)} is not an object: send rows like {{\"num_samples\": 4}}")
+    unknown = [key for key in row if key not in REQUEST_FIELDS and _plain(row, key) is not None]
+    if unknown:
+        near = difflib.get_close_matches(str(unknown[0]), REQUEST_FIELDS, n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise RequestError(f"unknown request field {_shown(unknown[0])}: {hint}send only {', '.join(REQUEST_FIELDS)}")
     if _plain(row, "num_samples") is None:
         raise RequestError("num_samples is required: send e.g. {\"num_samples\": 16}")
     label, guidance = _plain(row, "class"), _plain(row, "guidance")
@@ -172,8 +180,13 @@ class DDPMGenerator(PythonModel):
 
         if isinstance(model_input, pd.DataFrame):
             rows = model_input.to_dict("records")
-        elif isinstance(model_input, dict):
-            rows = [model_input]
+        elif isinstance(model_input, dict):  # {"inputs": ...} and {"instances": ...} arrive as columns
+            try:
+                rows = pd.DataFrame({key: np.atleast_1d(np.asarray(value, dtype=object))
+                                     for key, value in model_input.items()}).to_dict("records")
+            except ValueError:
+                raise RequestError("request columns of different lengths or shapes: send one value per row in "
+                                   "each, or one object per row (dataframe_records)") from None
         else:
             rows = list(model_input)
         if not rows:

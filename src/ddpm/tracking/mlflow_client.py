@@ -26,7 +26,6 @@ from ddpm.tracking.names import (
     CHECKPOINT_TAG,
     GATE_TAG,
     MEASUREMENT_TAG,
-    REQUEST_FIELDS,
     logged_marker,
     redact,
     redact_process_output,
@@ -246,19 +245,19 @@ class Tracker:
 
 # ---------------------------------------------------------------------------- helpers
 def generator_signature(image_shape: tuple[int, int, int]):
-    """The served generator's signature: its request fields, each optional and of any type, and uint8 NHWC out.
+    """The served generator's signature: uint8 NHWC images out, and no input schema.
 
-    Untyped on purpose: MLflow's schema enforcement answers a wrong type, a missing num_samples or rows that
-    leave different fields out (NaN in an integer column) with a multi-line message of its own, or a stack
-    trace; ddpm.tracking.generator_model.request_config checks each field in one line instead.
+    None on purpose: MLflow's schema enforcement answers a wrong type, a missing num_samples or rows that leave
+    different fields out (NaN in an integer column) with a multi-line message of its own, and with untyped
+    columns it cannot parse CSV at all; ddpm.tracking.generator_model.request_config checks each field in one
+    line instead, and names a field it does not know, from JSON and CSV alike.
     """
     import numpy as np
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import AnyType, ColSpec, Schema, TensorSpec
+    from mlflow.types.schema import Schema, TensorSpec
 
     h, w, c = image_shape
-    return ModelSignature(inputs=Schema([ColSpec(AnyType(), name, required=False) for name in REQUEST_FIELDS]),
-                          outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, h, w, c))]))
+    return ModelSignature(inputs=None, outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, h, w, c))]))
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
