@@ -12,7 +12,7 @@ DATA_META = PREPARED / "meta.json"
 CLASSIFIER = Path("models/classifier.pt")
 NOISY_CLASSIFIER = Path("models/noisy_classifier.pt")  # classifier guidance's p(y | x_t, t); not the domain classifier
 CHECKPOINT = Path("models/checkpoint.pt")
-RESUME = Path("models/resume")  # snapshots of a run in progress (ddpm.checkpoints.SnapshotStore); not DVC's
+RESUME = Path("models/resume")  # snapshots, and the finished run (ddpm.snapshots.SnapshotStore); not DVC's
 
 SAMPLES = Path("samples/samples.npz")
 

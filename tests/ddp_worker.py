@@ -10,8 +10,8 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file: make `tests` importable
 
-from ddpm.checkpoints import SnapshotStore
 from ddpm.data import load_splits
+from ddpm.snapshots import SnapshotStore
 from ddpm.train import train
 from tests.test_distributed import CFG
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.checkpoints import SnapshotStore, load_ema_weights, save_checkpoint
+from ddpm.checkpoints import load_ema_weights, save_checkpoint
 from ddpm.config import Config, config_from_dict
 from ddpm.config.groups import SampleConfig
 from ddpm.config.training import DataConfig, DiffusionConfig, ModelConfig, TrainConfig
@@ -16,6 +16,7 @@ from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import CheckpointError, ConfigError
 from ddpm.guidance import sampler_model
 from ddpm.sampling import generate
+from ddpm.snapshots import SnapshotStore
 from ddpm.train import train
 from ddpm.unet import UNet
 

@@ -9,11 +9,11 @@ import sys
 import pytest
 import torch
 
-from ddpm.checkpoints import SnapshotStore
 from ddpm.config import Config
 from ddpm.config.groups import RuntimeConfig
 from ddpm.config.training import DataConfig, DiffusionConfig, ModelConfig, TrainConfig
 from ddpm.data import load_splits
+from ddpm.snapshots import SnapshotStore
 from ddpm.train import train
 from tests.helpers import ROOT, run
 

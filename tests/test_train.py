@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.checkpoints import SnapshotStore, load_checkpoint, load_ema_weights, save_checkpoint
+from ddpm.checkpoints import load_checkpoint, load_ema_weights, save_checkpoint
 from ddpm.config import Config
 from ddpm.config.training import DataConfig, DiffusionConfig, ModelConfig, TrainConfig
 from ddpm.data import load_splits
@@ -18,6 +18,7 @@ from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import CheckpointError
 from ddpm.interrupts import TrainingInterrupted
 from ddpm.runtime import autocast_dtype
+from ddpm.snapshots import SnapshotStore
 from ddpm.timesteps import lognormal_timestep_probs
 from ddpm.train import BatchSampler, train
 

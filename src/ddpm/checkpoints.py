@@ -1,4 +1,4 @@
-"""Training checkpoints: the format, atomic saving, checked loading, the EMA weights sampling takes, snapshots.
+"""Training checkpoints: the format, atomic saving, checked loading, the EMA weights sampling takes.
 
 A checkpoint is a plain dict of tensors and Python values (no pickled code: loaded with
 weights_only=True): the format number, the training parameters it was made with (`config`,
@@ -9,8 +9,6 @@ states and the RNG states, so that training resumes exactly.
 
 from __future__ import annotations
 
-import logging
-import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -18,10 +16,9 @@ import torch
 
 from ddpm.config import Config, config_from_checkpoint
 from ddpm.errors import CheckpointError
-from ddpm.io import save_torch, sha256_file, write_text
+from ddpm.io import save_torch
 from ddpm.unet import UNet
 
-log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
 
 
@@ -69,56 +66,3 @@ def _ema_unet(cfg: Config, ema_state: dict[str, Any], device: torch.device | str
     model = UNet(cfg.model, cfg.data.image_size, cfg.data.channels)
     model.load_state_dict({k.removeprefix("module."): v for k, v in ema_state.items() if k != "n_averaged"})
     return model.to(device).eval()
-
-
-class SnapshotStore:
-    """Snapshots of a run in progress: `step-NNNNNNNN.pt` files in one folder, each with a SHA-256 beside it.
-
-    A snapshot is written atomically (temporary file, then rename) and its checksum file after it,
-    so a kill at any moment leaves the previous snapshots complete; the newest `keep` are kept.
-    `latest` returns the newest snapshot whose checksum and contents check out and that was made
-    with the given training parameters, and logs each one it skips and why.
-    """
-
-    def __init__(self, folder: str | Path, keep: int = 2):
-        self.folder, self.keep = Path(folder), keep
-
-    def paths(self) -> list[Path]:
-        """Snapshot files, newest first."""
-        return sorted(self.folder.glob("step-*.pt"), reverse=True)
-
-    def save(self, step: int, state: dict[str, Any]) -> Path:
-        path = self.folder / f"step-{step:08d}.pt"
-        save_torch(path, state)
-        write_text(path.with_suffix(".pt.sha256"), f"{sha256_file(path)}  {path.name}\n")
-        for old in self.paths()[self.keep:]:
-            old.with_suffix(".pt.sha256").unlink(missing_ok=True)
-            old.unlink(missing_ok=True)
-        return path
-
-    def latest(self, training_config: dict[str, Any]) -> tuple[Path, dict[str, Any]] | None:
-        for path in self.paths():
-            try:
-                state = self._load_verified(path)
-            except CheckpointError as exc:
-                log.warning("skipping snapshot %s: %s", path, exc)
-                continue
-            if state["config"] != training_config:
-                log.warning("skipping snapshot %s: it was written for other parameters", path)
-                continue
-            return path, state
-        return None
-
-    def clear(self) -> None:
-        """Remove the folder: the run is complete (and a killed write's temporary file goes with it)."""
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-    @staticmethod
-    def _load_verified(path: Path) -> dict[str, Any]:
-        checksum = path.with_suffix(".pt.sha256")
-        if not checksum.is_file():
-            raise CheckpointError("no checksum file beside it (its write did not finish)")
-        recorded = checksum.read_text().split()
-        if not recorded or sha256_file(path) != recorded[0]:
-            raise CheckpointError("its SHA-256 differs from the recorded one (truncated or corrupted)")
-        return load_checkpoint(path)

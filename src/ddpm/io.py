@@ -79,6 +79,11 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def copy_file(source: str | Path, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
+
+
 def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 

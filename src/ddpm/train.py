@@ -22,7 +22,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from ddpm.checkpoints import CHECKPOINT_FORMAT, SnapshotStore
+from ddpm.checkpoints import CHECKPOINT_FORMAT
 from ddpm.config import Config
 from ddpm.data import check_num_classes, to_model_input
 from ddpm.diffusion import GaussianDiffusion
@@ -31,6 +31,7 @@ from ddpm.errors import ConfigError
 from ddpm.guidance import drop_labels
 from ddpm.interrupts import TrainingInterrupted, stop_requests
 from ddpm.runtime import autocast_dtype, distributed_from_env, gather_batch, global_mean, init_distributed, resolve_device
+from ddpm.snapshots import SnapshotStore
 from ddpm.timesteps import timestep_sampler
 from ddpm.unet import UNet, count_parameters
 
@@ -114,8 +115,8 @@ def train(
     on, each dropped to the null class with probability train.cond_drop; unused otherwise.
 
     `snapshots`: where the run's state goes every cfg.train.checkpoint_every steps and on SIGTERM or
-    SIGINT (then TrainingInterrupted is raised); training continues from the newest good snapshot
-    made with the same training parameters. `probe`: scores the EMA weights every
+    SIGINT (then TrainingInterrupted is raised); training continues from the newest good snapshot of
+    this run (the same training parameters and the store's origin). `probe`: scores the EMA weights every
     cfg.train.eval_every steps. `max_steps` stops early (tests of resume).
     """
     tc = cfg.train
