@@ -77,6 +77,24 @@ def pytest(copy: Path, args: list[str], timeout: float) -> tuple[int, str]:
     return proc.returncode, (proc.stdout + proc.stderr).strip()
 
 
+def baseline_runs(mutants: list[Mutant]) -> list[list[str]]:
+    """Every mutant's tests in a few pytest runs: the plain paths in one, each path taken with -k in one of its
+    own with the expressions or-ed (pytest's -k applies to every path of a run)."""
+    plain: set[str] = set()
+    keyed: dict[str, set[str]] = {}
+    for m in mutants:
+        tokens = shlex.split(m.tests)
+        exprs = [tokens[i + 1] for i, tok in enumerate(tokens) if tok == "-k"]
+        paths = [tok for i, tok in enumerate(tokens) if tok != "-k" and (i == 0 or tokens[i - 1] != "-k")]
+        for path in paths:
+            if exprs:
+                keyed.setdefault(path, set()).update(exprs)
+            else:
+                plain.add(path)
+    runs = [sorted(plain)] if plain else []
+    return runs + [[path, "-k", " or ".join(f"({e})" for e in sorted(exprs))] for path, exprs in sorted(keyed.items())]
+
+
 def run_mutant(copy: Path, mutant: Mutant, timeout: float) -> tuple[str, float, str]:
     """(status, seconds, detail): KILLED, SURVIVED or ERROR (pytest could not run the named tests)."""
     path = copy / mutant.file
@@ -140,11 +158,12 @@ def main() -> None:
         if args.check:
             runnable = []
         if args.baseline and runnable:
-            tests = sorted({t for m in runnable for t in shlex.split(m.tests) if not t.startswith("-")})
-            rc, out = pytest(copies[0], tests, args.timeout * 4)
-            print(f"baseline: {'pass' if rc == 0 else 'FAILS'} ({out.splitlines()[-1] if out else ''})", flush=True)
-            if rc != 0:
-                raise SystemExit(f"the unmutated tests fail: a kill would mean nothing\n{out[-3000:]}")
+            for tests in baseline_runs(runnable):
+                rc, out = pytest(copies[0], tests, args.timeout * 4)
+                print(f"baseline: {'pass' if rc == 0 else 'FAILS'} {' '.join(tests)[:100]} "
+                      f"({out.splitlines()[-1] if out else ''})", flush=True)
+                if rc != 0:
+                    raise SystemExit(f"the unmutated tests fail: a kill would mean nothing\n{out[-3000:]}")
         free: queue.Queue[Path] = queue.Queue()
         for c in copies:
             free.put(c)

@@ -16,13 +16,9 @@ from ddpm.config import Config
 from ddpm.config.training import DiffusionConfig, ModelConfig, TrainConfig
 from ddpm.data import to_model_input
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.snapshots import SnapshotStore
 from ddpm.train import train
 from ddpm.unet import UNet
-
-try:
-    from ddpm.snapshots import SnapshotStore
-except ImportError:  # the tree before snapshots left ddpm.checkpoints
-    from ddpm.checkpoints import SnapshotStore
 
 CFG = Config(
     model=ModelConfig(base_channels=8, channel_mult=(1, 2), attention_resolutions=(), norm_groups=4, num_classes=0,
