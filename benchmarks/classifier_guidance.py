@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     harness.add_overrides(ap)
     args = ap.parse_args()
-    harness.pin_cpu_kernels()
+    harness.set_cpu_kernels()
     results = harness.Results(Path(__file__).stem, args)
 
     from ddpm.checkpoints import load_ema_weights

@@ -1,9 +1,9 @@
-"""What the benchmarks share: the CPU kernel pin, params.yaml overrides, timing, scoring, the peers, results.
+"""What the benchmarks share: the CPU kernel settings, params.yaml overrides, timing, scoring, the peers, results.
 
-Importing this module loads neither torch nor the `pipeline` package (whose import pins the CPU kernels
-as params.yaml says): a benchmark may pin the kernels after importing it, before torch loads. The parts
+Importing this module loads neither torch nor the `pipeline` package (whose import sets the CPU kernels
+as params.yaml says): a benchmark may set the kernels after importing it, before torch loads. The parts
 that need torch, the library or the pipeline import them where they run, by which time the benchmark
-has loaded torch and chosen its kernels. The benchmarks run this CPU's native kernels unless they pin.
+has loaded torch and chosen its kernels. The benchmarks run this CPU's native kernels unless they set others.
 
 Every benchmark prints its table and, given `--jsonl PATH`, appends one JSON object per result row to
 PATH (`Results`): the benchmark, the machine, the arguments, and the row's numbers beside them.
@@ -23,18 +23,18 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib.util import find_spec
 from pathlib import Path
 
-from ddpm.config.groups import PORTABLE_CPU_ENV  # torch-free
+from ddpm.config.groups import CPU_KERNEL_ENV, RuntimeConfig  # torch-free
 
 
 # ---------------------------------------------------------------------------- the CPU kernels
-def pin_cpu_kernels() -> None:
-    """Pin oneDNN, ATen and MKL to AVX2 as the DAG's stages are (`runtime.cpu_isa: avx2`, pipeline/__init__.py).
+def set_cpu_kernels() -> None:
+    """Set the CPU kernels' environment of the default `runtime.cpu_isa`, as the DAG's stages do (pipeline/__init__.py).
 
     Call it before torch loads: torch reads these variables once. In a process that has loaded torch
     already (a test importing a benchmark) nothing is set, for the reason pipeline/__init__.py gives.
     """
     if "torch" not in sys.modules:
-        os.environ.update(PORTABLE_CPU_ENV)
+        os.environ.update(CPU_KERNEL_ENV[RuntimeConfig.cpu_isa])
 
 
 # ---------------------------------------------------------------------------- the command line

@@ -19,8 +19,8 @@ Flips are off for all three (digits are not mirror-symmetric; lucidrains' Traine
 Each peer trains once for the longest budget and is scored at every budget from a snapshot.
 Every contender trains first, back to back (the timed part: run it on a machine nothing else uses);
 then all are sampled and scored.
-All three run on the default DAG's kernels (runtime.cpu_isa: avx2, hence fp32, as `make repro` trains);
---native gives every contender this CPU's own kernels (and ours bf16 where it is native).
+All three run on the default DAG's kernels (runtime.cpu_isa: native, fp32, as `make repro` trains);
+--native leaves the environment's kernel settings as they are.
 
 Prints one table and, for each contender, the wall clock it needs to reach our default's final
 domain FID (interpolated between budgets; ">" when it never does) and its ratio to ours; `--out`
@@ -44,7 +44,7 @@ from pathlib import Path
 from benchmarks import harness
 
 if "--native" not in sys.argv:
-    harness.pin_cpu_kernels()  # before torch loads
+    harness.set_cpu_kernels()  # before torch loads
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -192,7 +192,7 @@ def main() -> None:
     ap.add_argument("--peers", nargs="*", choices=("diffusers", "lucidrains"), default=["diffusers", "lucidrains"])
     ap.add_argument("--samples", type=int, default=Config().sample.num_samples,
                     help="images scored per point (the default's sample.num_samples; fewer only for a smoke test)")
-    ap.add_argument("--native", action="store_true", help="this CPU's own kernels instead of the default's AVX2 pin")
+    ap.add_argument("--native", action="store_true", help="the environment's kernel settings instead of the default's")
     ap.add_argument("--out", type=Path, default=Path("reports/time_to_quality.json"))
     harness.add_overrides(ap)
     args = ap.parse_args()

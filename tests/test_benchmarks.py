@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-import torch  # before the benchmarks: time_to_quality pins the CPU kernels only in a process without torch
+import torch  # before the benchmarks: time_to_quality sets the CPU kernels only in a process without torch
 
 import benchmarks
 from benchmarks import harness

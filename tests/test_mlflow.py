@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from ddpm.config import config_from_dict
-from ddpm.config.groups import PORTABLE_CPU_ENV
+from ddpm.config.groups import CPU_KERNEL_ENV, RuntimeConfig
 from ddpm.errors import ConfigError, TrackingUnavailable
 from ddpm.tracking.champion import gate
 from ddpm.tracking.mlflow_client import Tracker, flatten, redact
@@ -386,7 +386,7 @@ def test_served_champion_generates_the_pipelines_images(first_repro, server, pro
     log = tmp_path / "serve.log"
     e = mlflow_env()
     e["MLFLOW_TRACKING_URI"] = server.uri
-    e.update(PORTABLE_CPU_ENV)  # the kernels the stages ran (runtime.cpu_isa: avx2): the same bytes
+    e.update(CPU_KERNEL_ENV[RuntimeConfig.cpu_isa])  # the kernels the stages ran: the same bytes
     cmd = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@champion",
            "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=e, stdout=open(log, "wb"), stderr=subprocess.STDOUT,

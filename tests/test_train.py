@@ -227,14 +227,15 @@ def test_precision_setting():
     assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
 
 
-def test_auto_precision_keeps_fp32_when_cpu_kernels_are_pinned(monkeypatch):
+def test_auto_precision_is_fp32_on_every_cpu_kernel_setting(monkeypatch):
+    assert autocast_dtype("auto", torch.device("cpu")) is None
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # what runtime.cpu_isa: avx2 sets
     assert autocast_dtype("auto", torch.device("cpu")) is None
 
 
-@pytest.mark.parametrize("params, pinned", [("runtime: {cpu_isa: avx2}", True), ("seed: 0", True),
-                                            ("runtime: {cpu_isa: native}", False), ("{not yaml", True)])
-def test_stage_entry_points_pin_cpu_kernels_before_torch_loads(tmp_path, params, pinned):
+@pytest.mark.parametrize("params, pinned", [("runtime: {cpu_isa: avx2}", True), ("seed: 0", False),
+                                            ("runtime: {cpu_isa: native}", False), ("{not yaml", False)])
+def test_stage_entry_points_set_the_cpu_kernels_before_torch_loads(tmp_path, params, pinned):
     import subprocess
     import sys
 
@@ -244,10 +245,11 @@ def test_stage_entry_points_pin_cpu_kernels_before_torch_loads(tmp_path, params,
     (tmp_path / "params.yaml").write_text(params)
     env = {k: v for k, v in os.environ.items() if k not in PORTABLE_CPU_ENV}
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{ROOT / 'src'}"
-    code = "import os, sys, pipeline; print(os.environ.get('ONEDNN_MAX_CPU_ISA'), 'torch' in sys.modules)"
+    code = ("import os, sys, pipeline; "
+            "print(os.environ.get('ONEDNN_MAX_CPU_ISA'), os.environ.get('MKL_CBWR'), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          check=True).stdout.split()
-    assert out == (["AVX2", "False"] if pinned else ["None", "False"])
+    assert out == (["AVX2", "AVX2", "False"] if pinned else ["None", "AUTO", "False"])
 
 
 def test_bf16_autocast_trains(images):

@@ -3,12 +3,12 @@
 None of this is part of what a checkpoint was trained with (its fingerprint): a run may resume on
 another device or with another number of processes.
 
-Identical bytes on every x86 CPU: oneDNN, ATen and MKL pick kernels by instruction set, and
-kernels for AVX-512 sum in another order than kernels for AVX2, so fp32 results differ in their
-last bits from one CPU to the next and a few uint8 pixels of the samples with them. With
-`runtime.cpu_isa: avx2` (the default) the stage entry points pin all three to AVX2 before torch
-loads (`PORTABLE_CPU_ENV`, pipeline/__init__.py), which every x86-64 CPU of the last decade runs; `native` lets each CPU
-use its best kernels (and bf16 where it has it natively).
+The CPU kernels: oneDNN, ATen and MKL pick kernels by instruction set, and their blocking by cache sizes, so
+fp32 results differ in their last bits from one CPU model to the next and a few uint8 pixels of the samples
+with them. `runtime.cpu_isa: avx2` caps all three at AVX2 before torch loads (`PORTABLE_CPU_ENV`,
+pipeline/__init__.py); measured, that did not give an Intel Xeon's bytes on an AMD EPYC, and it costs speed,
+so `native` (the default) lets each CPU use its best kernels, with MKL's results fixed from run to run
+(`NATIVE_CPU_ENV`). On a CPU, autocast is bf16 only when asked for (`train.precision: bf16`).
 """
 
 from __future__ import annotations
@@ -99,30 +99,18 @@ def host_memory_bytes() -> int:
     return total
 
 
-def cpu_has_native_bf16() -> bool:
-    """bf16 instructions on this CPU, and kernels allowed to use them (not pinned to AVX2)."""
-    if cpu_kernels_pinned():
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where the hardware does bf16 natively; "auto" picks it only there.
+    """The autocast dtype: "auto" is bf16 on a GPU and fp32 on a CPU, "bf16" is bf16 everywhere.
 
-    Without native bf16 (AVX2-only CPUs, or kernels pinned to AVX2) oneDNN falls back to
-    reference convolutions far slower than fp32 (docs/reproducibility.md), so "auto" keeps fp32 there;
-    "bf16" is bf16 everywhere.
+    On a CPU bf16 is an opt-in: the default's quality was measured in fp32, and without native bf16
+    (AVX2-only CPUs, or kernels capped at AVX2) oneDNN falls back to reference convolutions far slower
+    than fp32 (docs/reproducibility.md).
     """
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
-    native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
-    return torch.bfloat16 if native else None
+    return torch.bfloat16 if device.type == "cuda" else None
 
 
 # ---------------------------------------------------------------------------- torchrun processes

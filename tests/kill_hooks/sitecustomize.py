@@ -8,15 +8,16 @@ DDPM_KILL_ONCE=PATH          ... only if PATH does not exist yet (it is created 
 DDPM_SLOW_STEPS=S            sleep S seconds in every snapshot-free training step (time to signal it)
 DDPM_FILE_SIZE_LIMIT=BYTES   RLIMIT_FSIZE: a write past BYTES fails as on a full disk (EFBIG)
 
-It sets the AVX2 pin of runtime.cpu_isa itself, since DDPM_SLOW_STEPS loads torch before the stage does.
+It sets the CPU kernels' environment of runtime.cpu_isa itself, since DDPM_SLOW_STEPS loads torch before the
+stage does.
 """
 
 import os
 import signal
 
-from ddpm.config.groups import PORTABLE_CPU_ENV
+from ddpm.config.groups import CPU_KERNEL_ENV, RuntimeConfig
 
-os.environ.update(PORTABLE_CPU_ENV)  # the tiny profile's runtime.cpu_isa, before anything here loads torch
+os.environ.update(CPU_KERNEL_ENV[RuntimeConfig.cpu_isa])  # the tiny profile's, before anything here loads torch
 _kill = os.environ.get("DDPM_KILL")
 _slow = os.environ.get("DDPM_SLOW_STEPS")
 _limit = os.environ.get("DDPM_FILE_SIZE_LIMIT")

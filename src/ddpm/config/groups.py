@@ -196,8 +196,12 @@ class SweepConfig:
         check_seed("sweep.seed", self.seed)
 
 
-# runtime.cpu_isa = avx2: set before torch loads (pipeline/__init__.py); ddpm.runtime says why
+# What each runtime.cpu_isa sets before torch loads (pipeline/__init__.py); ddpm.runtime says why. MKL_CBWR
+# makes MKL's results the same from run to run (without it they may follow memory alignment); AUTO keeps
+# MKL's fastest code path for the CPU, AVX2 caps it with oneDNN's and ATen's kernels.
 PORTABLE_CPU_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+NATIVE_CPU_ENV = {"MKL_CBWR": "AUTO"}
+CPU_KERNEL_ENV = {"avx2": PORTABLE_CPU_ENV, "native": NATIVE_CPU_ENV}
 
 
 @dataclass(frozen=True)
@@ -205,9 +209,9 @@ class RuntimeConfig:
     """Where the stages run; not part of what a checkpoint was trained with (ddpm.runtime)."""
 
     device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1", ...
-    # avx2: CPU kernels pinned to AVX2, identical bytes on every x86 CPU; native: each CPU's fastest
-    # kernels (and bf16 autocast where the CPU has it), bytes that differ from one CPU to another
-    cpu_isa: Literal["avx2", "native"] = "avx2"
+    # native: each CPU's fastest kernels; avx2: capped to AVX2. Neither gives one CPU model's bytes on another
+    # (docs/reproducibility.md), so the default is the faster one
+    cpu_isa: Literal["avx2", "native"] = "native"
 
     def validate(self) -> None:
         check(DEVICE.fullmatch(self.device) is not None, "runtime.device", self.device,
