@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
+from ddpm.batches import BatchSampler
 from ddpm.checkpoints import CHECKPOINT_FORMAT
 from ddpm.config import Config
 from ddpm.data import check_num_classes, to_model_input
@@ -46,35 +48,6 @@ def build_optimizer(params, lr: float, weight_decay: float) -> torch.optim.AdamW
 
 
 # ---------------------------------------------------------------------------- state
-class BatchSampler:
-    """Epochs of shuffled indices from a seeded generator; its state is part of the checkpoint."""
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size = n, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-        self.perm = torch.randperm(n, generator=self.generator)
-        self.pos = 0
-
-    def next(self) -> torch.Tensor:
-        out = []
-        need = self.batch_size
-        while need:
-            if self.pos == self.n:
-                self.perm, self.pos = torch.randperm(self.n, generator=self.generator), 0
-            take = min(need, self.n - self.pos)
-            out.append(self.perm[self.pos:self.pos + take])
-            self.pos += take
-            need -= take
-        return torch.cat(out)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "perm": self.perm, "pos": self.pos}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
-        self.perm, self.pos = state["perm"], int(state["pos"])
-
-
 @dataclass
 class TrainResult:
     model: UNet
@@ -124,6 +97,9 @@ def train(
     if tc.batch_size % ddp.world_size:
         raise ConfigError(f"train.batch_size = {tc.batch_size} cannot be split across {ddp.world_size} processes: "
                           f"use a multiple of {ddp.world_size}")
+    if tc.batch_size // ddp.world_size < tc.accumulate:
+        raise ConfigError(f"train.accumulate = {tc.accumulate} micro-batches of {tc.batch_size // ddp.world_size} "
+                          f"images a process: use at most {tc.batch_size // ddp.world_size}")
     device = init_distributed(ddp, resolve_device(cfg.runtime.device))
     local = slice(ddp.rank * tc.batch_size // ddp.world_size, (ddp.rank + 1) * tc.batch_size // ddp.world_size)
     amp_dtype = autocast_dtype(tc.precision, device)
@@ -140,6 +116,7 @@ def train(
         label_data = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
     diffusion = GaussianDiffusion.from_config(cfg)
     model = UNet(cfg.model, h, c).to(device)
+    model.checkpoint_activations = tc.activation_checkpointing
     timesteps = timestep_sampler(diffusion, lognormal_noise=tc.lognormal_noise, importance_sampling=tc.importance_sampling)
     gamma = power_ema_gamma(tc.ema_sigma_rel) if tc.ema_sigma_rel is not None else None
 
@@ -183,8 +160,11 @@ def train(
     if ddp.world_size > 1:  # gradients are averaged over ranks: the same update as one process on the global batch
         from torch.nn.parallel import DistributedDataParallel
 
-        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        forward = ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     forward = torch.compile(forward) if tc.compile else forward
+    local_batch = local.stop - local.start
+    micro_batches = [slice(i * local_batch // tc.accumulate, (i + 1) * local_batch // tc.accumulate)
+                     for i in range(tc.accumulate)]
     n_params = count_parameters(model)
     log.info("U-Net with %.2fM parameters on %s, %s", n_params / 1e6, device, amp_dtype or "fp32")
 
@@ -220,19 +200,30 @@ def train(
             t_global, weights = timesteps.sample(tc.batch_size, device)
             t = t_global[local]
             noise = torch.randn((tc.batch_size, *x0.shape[1:]), device=device)[local]
-            net = forward
+            y = None
             if num_classes:  # drawn last and only here: an unconditional run draws what it drew before classes
                 uniform = torch.rand(tc.batch_size, device=device)[local]
-                net = partial(forward, y=drop_labels(label_data[idx], uniform, tc.cond_drop, num_classes))
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                if timesteps.uses_losses:
-                    losses = diffusion.training_losses(net, x0, t, noise, loss=tc.loss, min_snr_gamma=tc.min_snr_gamma)
-                    loss = (weights[local] * losses).mean()
-                    timesteps.update(t_global, gather_batch(losses.detach(), ddp.world_size))
-                else:
-                    loss = diffusion.training_loss(net, x0, t, noise, loss=tc.loss, min_snr_gamma=tc.min_snr_gamma)
+                y = drop_labels(label_data[idx], uniform, tc.cond_drop, num_classes)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # train.accumulate: the batch drawn above in micro-batches, each loss weighted by its share, so
+            # their summed gradients are the whole batch's; DDP averages them over ranks at the last one only
+            loss, losses = torch.zeros((), device=device), []
+            for part in micro_batches:
+                net = forward if y is None else partial(forward, y=y[part])
+                with (nullcontext() if part is micro_batches[-1] or ddp.world_size == 1 else ddp_model.no_sync()), \
+                        torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    if timesteps.uses_losses:
+                        losses.append(diffusion.training_losses(net, x0[part], t[part], noise[part], loss=tc.loss,
+                                                                min_snr_gamma=tc.min_snr_gamma))
+                        part_loss = (weights[local][part] * losses[-1]).mean()
+                    else:
+                        part_loss = diffusion.training_loss(net, x0[part], t[part], noise[part], loss=tc.loss,
+                                                            min_snr_gamma=tc.min_snr_gamma)
+                    part_loss = part_loss if len(micro_batches) == 1 else part_loss * ((part.stop - part.start) / len(x0))
+                    part_loss.backward()
+                loss += part_loss.detach()
+            if timesteps.uses_losses:
+                timesteps.update(t_global, gather_batch(torch.cat(losses).detach(), ddp.world_size))
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             optimizer.step()
             scheduler.step()

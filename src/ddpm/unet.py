@@ -10,10 +10,12 @@ CIFAR-10 model of the paper.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ddpm.config.training import ModelConfig
 
@@ -121,6 +123,8 @@ class UNet(nn.Module):
     also what y = None means.
     """
 
+    checkpoint_activations = False  # set by train.activation_checkpointing: memory for compute, the same numbers
+
     def __init__(self, cfg: ModelConfig, image_size: int, channels: int):
         super().__init__()
         self.cfg, self.image_size, self.channels = cfg, image_size, channels
@@ -180,15 +184,21 @@ class UNet(nn.Module):
             temb = temb + self.class_emb(y)
         elif y is not None:
             raise ValueError("this U-Net is unconditional (model.num_classes = 0): it takes no labels")
+        # train.activation_checkpointing: each block's activations recomputed in the backward pass, not kept
+        block = partial(checkpoint, use_reentrant=False) if self.checkpoint_activations and self.training else _call
         h = self.conv_in(x)
         skips = [h]
         for layer in self.down:
-            h = layer(h) if isinstance(layer, Downsample) else layer(h, temb)
+            h = layer(h) if isinstance(layer, Downsample) else block(layer, h, temb)
             skips.append(h)
-        h = self.mid[2](self.mid[1](self.mid[0](h, temb)), temb)
+        h = block(self.mid[2], block(self.mid[1], block(self.mid[0], h, temb)), temb)
         for layer in self.up:
-            h = layer(h) if isinstance(layer, Upsample) else layer(torch.cat([h, skips.pop()], dim=1), temb)
+            h = layer(h) if isinstance(layer, Upsample) else block(layer, torch.cat([h, skips.pop()], dim=1), temb)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def _call(layer: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+    return layer(*args)
 
 
 class _ResAttn(nn.Module):

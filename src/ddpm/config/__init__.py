@@ -29,7 +29,8 @@ from ddpm.errors import ConfigError
 # value a key stays out of training_dict, so an older checkpoint's record (and its snapshots' run identity) is
 # what such a run writes today, and a record without the key reads as that value, whatever the default.
 LATER_KEYS = {("model", "learn_sigma"): False, ("model", "scale_shift_norm"): False, ("train", "loss"): "simple",
-              ("train", "importance_sampling"): False}
+              ("train", "importance_sampling"): False, ("train", "accumulate"): 1,
+              ("train", "activation_checkpointing"): False}
 
 
 @dataclass(frozen=True)

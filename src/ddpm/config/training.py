@@ -117,7 +117,11 @@ class TrainConfig:
     # autoguidance (Karras et al. 2024): the checkpoint also keeps the EMA weights at this share of the run,
     # the weaker model that sample.autoguidance guides with; null = none
     autoguide_at: float | None = 0.33
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the hardware has it natively
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on a GPU, fp32 on a CPU
+    # memory: each step's batch in this many micro-batches (the same update as the whole batch at once), and
+    # the U-Net's activations recomputed in the backward pass instead of kept
+    accumulate: int = 1
+    activation_checkpointing: bool = False
     compile: bool = False
     hflip: bool = False  # random horizontal flips (CIFAR-10 yes, digits no)
     log_every: int = 50
@@ -137,6 +141,8 @@ class TrainConfig:
         check(0.0 <= self.cond_drop < 1.0, "train.cond_drop", self.cond_drop, "in [0, 1)")
         check(self.steps >= 1, "train.steps", self.steps, ">= 1")
         check(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1")
+        check(1 <= self.accumulate <= self.batch_size, "train.accumulate", self.accumulate,
+              f"1 to train.batch_size = {self.batch_size} micro-batches a step")
         check(self.lr > 0.0, "train.lr", self.lr, "> 0 (AdamW learning rate)")
         check(self.lr <= 1.0, "train.lr", self.lr, "<= 1 (AdamW moves each weight by about lr a step)")
         check(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, ">= 0")
