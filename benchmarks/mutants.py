@@ -219,3 +219,17 @@ MUTANTS = [
 #   `lerp_`: other kernels for the same arithmetic.
 # None of the listed mutants survives today (docs/results.md, the mutation run); a new survivor gets a test
 # that kills it, or its reason here.
+
+
+def main() -> None:
+    """Print the list (`python -m benchmarks.mutants`); `python -m benchmarks.mutation` runs it."""
+    from benchmarks import harness
+
+    results = harness.Results("mutants", harness.parser(__doc__).parse_args())
+    for m in MUTANTS:
+        print(f"{m.name:34s} {m.file:34s} {m.why}")
+        results.add(mutant=m.name, file=m.file, tests=m.tests, why=m.why)
+
+
+if __name__ == "__main__":
+    main()
