@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from ddpm.batches import BatchSampler
 from ddpm.checkpoints import load_checkpoint, load_ema_weights, save_checkpoint
 from ddpm.config import Config
 from ddpm.config.training import DataConfig, DiffusionConfig, ModelConfig, TrainConfig
@@ -20,7 +21,7 @@ from ddpm.interrupts import TrainingInterrupted
 from ddpm.runtime import autocast_dtype
 from ddpm.snapshots import SnapshotStore
 from ddpm.timesteps import lognormal_timestep_probs
-from ddpm.train import BatchSampler, train
+from ddpm.train import train
 
 CFG = Config(
     data=DataConfig(limit=200),
