@@ -141,8 +141,10 @@ MUTANTS = [
     M("hflip_axis", "src/ddpm/train.py", "x0.flip(3), x0)", "x0.flip(2), x0)", f"{TD} -k flip",
       "flips are vertical"),
     M("min_snr_dropped", "src/ddpm/train.py",
-      "diffusion.training_loss(net, x0, t, noise, loss=tc.loss, min_snr_gamma=tc.min_snr_gamma)",
-      "diffusion.training_loss(net, x0, t, noise, loss=tc.loss)", f"{TD} -k min_snr", "train() ignores min-SNR"),
+      "diffusion.training_loss(net, x0[part], t[part], noise[part], loss=tc.loss,\n"
+      "                                                            min_snr_gamma=tc.min_snr_gamma)",
+      "diffusion.training_loss(net, x0[part], t[part], noise[part], loss=tc.loss)", f"{TD} -k min_snr",
+      "train() ignores min-SNR"),
     M("grad_clip_removed", "src/ddpm/train.py", "torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)",
       "pass", f"{TD} -k clip", "gradients are never clipped"),
     M("grad_clip_norm", "src/ddpm/train.py", "torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)",
