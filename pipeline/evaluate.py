@@ -82,6 +82,9 @@ def evaluate(cfg: Config) -> dict:
         log.info("%s: FID %.3f (floor %.3f), KID %.4f, precision %.3f, recall %.3f at N=%d in %.1f s", name,
                  m["fid"], m["floor"]["fid"], m["kid_mean"], m["precision"], m["recall"], m["n_samples"],
                  timing[f"{name}_s"])
+        if "train" in m:
+            log.info("%s: FID %.3f against the %d training images' statistics (N=%d)", name, m["train"]["fid"],
+                     m["train"]["n_reference"], m["train"]["n_samples"])
     if cfg.evaluate.nll_images:
         t0 = time.perf_counter()
         metrics["nll"] = nll = likelihood(cfg, test, device, processes)

@@ -1,7 +1,8 @@
 """Stage reference: real-image features in each feature space, computed once and cached by DVC.
 
 Per space: the held-out split (what samples are compared with) and the training images the
-domain classifier never saw (the data floor: real against real at the samples' N).
+domain classifier never saw (the data floor: real against real at the samples' N); with
+evaluate.train_statistics, the whole training set's Gaussian statistics (the papers' protocol).
 `torchrun -m pipeline.reference` splits the batches over the processes and writes one process's bytes.
 """
 
@@ -27,6 +28,7 @@ def reference(cfg: Config) -> None:
         space = feature_space(cfg, name)
         t0 = time.perf_counter()
         refs[name] = compute_reference(space, test.images, floor, device=device, batch_size=cfg.evaluate.batch_size,
+                                       train_images=train.images if cfg.evaluate.train_statistics else None,
                                        progress=progress_enabled() and processes.is_main, processes=processes)
         log.info("%s reference: %d held-out + %d floor images in %.1f s (%s)", name, len(test), len(floor),
                  time.perf_counter() - t0, space.weights_label)

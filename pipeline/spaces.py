@@ -18,4 +18,7 @@ def load_reference(cfg: Config, name: str) -> Reference:
     if ref.weights != expected:
         raise DataError(f"{paths.reference_file(name)} holds features from {ref.weights}, but evaluate uses "
                         f"{expected}: re-run the reference stage (dvc repro reference)")
+    if cfg.evaluate.train_statistics and not ref.train:
+        raise DataError(f"{paths.reference_file(name)} has no training-set statistics, which "
+                        "evaluate.train_statistics asks for: re-run the reference stage (dvc repro reference)")
     return ref

@@ -2,6 +2,7 @@
 work: sample (each image seeded by its index, each rank drawing every second batch), reference and evaluate
 (each rank extracting every second batch of features, and of the NLL bound's images); rank 0 writes."""
 
+import json
 import sys
 
 import pytest
@@ -25,7 +26,8 @@ def one_process(tmp_path_factory):
     params = yaml.safe_load((project / "params.yaml").read_text())
     # ddpm, every step's noise drawn: the stochastic case; 4 batches, the last one short, 2 for each rank
     params["sample"].update(num_samples=11, batch_size=3, sampler="ddpm", steps=4, grid_size=4, autoguidance=0.0)
-    params["evaluate"].update(batch_size=3)  # several feature and NLL batches for each rank
+    # several feature and NLL batches for each rank; the training set's statistics split too
+    params["evaluate"].update(batch_size=3, train_statistics=True)
     params["runtime"]["device"] = "cpu"
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     (project / "models").mkdir(exist_ok=True)
@@ -47,5 +49,7 @@ def test_two_processes_write_the_bytes_of_one(one_process, stage):
     if stage == "sample":  # 11 images: batches 0-2 and 6-8 for rank 0, 3-5 and 9-10 for rank 1
         assert "process 0 of 2 takes 6 of 11 items (2 batches of 3)" in proc.stderr
         assert "process 1 of 2 takes 5 of 11 items (2 batches of 3)" in proc.stderr
-    else:  # each split shared: the held-out, floor or sample images' features, and the NLL's images
+    elif stage == "evaluate":
+        assert json.loads(written[stage])["domain"]["train"]["n_reference"] > 100  # the papers' protocol, too
+    if stage != "sample":  # each split shared: the held-out, floor, training or sample images, the NLL's images
         assert proc.stderr.count("process 1 of 2 takes") == proc.stderr.count("process 0 of 2 takes") >= 2

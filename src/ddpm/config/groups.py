@@ -149,6 +149,9 @@ class EvaluateConfig:
     # estimated from nll_terms stratified timesteps per image (null: all of them, T network calls an image)
     nll_images: int = 200
     nll_terms: int | None = 50
+    # the papers' protocol beside the held-out default: FID (and sFID) of all the samples against the whole
+    # training set's statistics, which the reference stage then computes (50,000 samples in the literature)
+    train_statistics: bool = False
 
     def validate(self) -> None:
         check(len(self.spaces) >= 1 and len(set(self.spaces)) == len(self.spaces), "evaluate.spaces",

@@ -11,7 +11,7 @@ looks at one set, the score of those real training images).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from ddpm.config.groups import EvaluateConfig
 from ddpm.errors import DataError
 from ddpm.evaluation.feature_spaces import NO_LOGITS, FeatureSpace, extract
 from ddpm.evaluation.metrics import (
+    GaussianStats,
     class_coverage,
     confident_share,
     frechet_distance,
@@ -51,18 +52,23 @@ def check_samples(samples: np.ndarray, image_shape: tuple[int, ...]) -> None:
 
 @dataclass
 class Reference:
-    """Real-image features in one space: the held-out split and the floor's training images.
+    """Real-image features in one space: the held-out split and the floor's training images; with
+    evaluate.train_statistics also the Gaussian statistics of the whole training set (the papers' protocol).
 
-    Saved as float32, which loses nothing (every extractor computes in float32), loaded as float64."""
+    Features are saved as float32, which loses nothing (every extractor computes in float32), loaded as
+    float64; the statistics are saved as computed, in float64."""
 
     space: str
     weights: str  # which network/weights produced them (the report names it)
     test: dict[str, np.ndarray]
     floor: dict[str, np.ndarray]
+    train: dict[str, GaussianStats] = field(default_factory=dict)
 
     def save(self, path: str | Path) -> None:
         arrays = ({f"test__{k}": v.astype(np.float32) for k, v in self.test.items()}
-                  | {f"floor__{k}": v.astype(np.float32) for k, v in self.floor.items()})
+                  | {f"floor__{k}": v.astype(np.float32) for k, v in self.floor.items()}
+                  | {f"train_{part}__{k}": np.asarray(getattr(stats, part)) for k, stats in self.train.items()
+                     for part in ("mu", "sigma", "n")})
         save_npz(path, space=np.array(self.space), weights=np.array(self.weights), **arrays)
 
     @classmethod
@@ -71,20 +77,28 @@ class Reference:
         if not path.is_file():
             raise DataError(f"{path} not found: run the reference stage first (dvc repro reference)")
         with np.load(path) as z:
-            split = {"test": {}, "floor": {}}
+            split = {"test": {}, "floor": {}, "train_mu": {}, "train_sigma": {}, "train_n": {}}
             for key in z.files:
                 if "__" in key:
                     part, name = key.split("__", 1)
-                    split[part][name] = z[key].astype(np.float64)
-            return cls(str(z["space"]), str(z["weights"]), split["test"], split["floor"])
+                    split[part][name] = z[key] if part == "train_n" else z[key].astype(np.float64)
+            train = {k: GaussianStats(mu, split["train_sigma"][k], int(split["train_n"][k]))
+                     for k, mu in split["train_mu"].items()}
+            return cls(str(z["space"]), str(z["weights"]), split["test"], split["floor"], train)
 
 
 def compute_reference(space: FeatureSpace, test_images: np.ndarray, floor_images: np.ndarray, *,
-                      device: str = "cpu", batch_size: int = 50, progress: bool = False,
-                      processes: Distributed = Distributed()) -> Reference:
+                      train_images: np.ndarray | None = None, device: str = "cpu", batch_size: int = 50,
+                      progress: bool = False, processes: Distributed = Distributed()) -> Reference:
+    """The held-out and floor images' features; with `train_images`, the statistics of those too (of the
+    features FID and sFID compare)."""
     settings = {"device": device, "batch_size": batch_size, "progress": progress, "processes": processes}
+    train = {}
+    if train_images is not None:
+        feats = extract(space, train_images, **settings)
+        train = {k: gaussian_stats(feats[k]) for k in (space.primary, "spatial") if k in feats}
     return Reference(space.name, space.weights_label, extract(space, test_images, **settings),
-                     extract(space, floor_images, **settings))
+                     extract(space, floor_images, **settings), train)
 
 
 def compare(generated: np.ndarray, real: np.ndarray, cfg: EvaluateConfig, seed: int = 0) -> dict[str, float]:
@@ -106,7 +120,18 @@ def evaluate_space(generated: dict[str, np.ndarray], ref: Reference, feature: st
         "weights": ref.weights, "n_samples": len(samples), "n_reference": len(test),
         **compare(samples, test, cfg, seed), **mine,
         "floor": {"n_samples": n_floor, **compare(floor[:n_floor], test, cfg, seed), **at_floor},
+        **({"train": against_train(generated, ref, feature)} if ref.train else {}),
     }
+
+
+def against_train(generated: dict[str, np.ndarray], ref: Reference, feature: str) -> dict:
+    """FID (and sFID where the space has spatial features) of the samples against the training set's
+    statistics: the protocol papers report, with all N samples (50,000 in the literature) and no floor."""
+    out = {"n_samples": len(generated[feature]), "n_reference": ref.train[feature].n,
+           "fid": frechet_distance(gaussian_stats(generated[feature]), ref.train[feature])}
+    if "spatial" in ref.train and "spatial" in generated:
+        out["sfid"] = frechet_distance(gaussian_stats(generated["spatial"]), ref.train["spatial"])
+    return out
 
 
 INCEPTION = "inception"  # the one space whose "logits" are Inception's ImageNet classifier's (IS needs those)

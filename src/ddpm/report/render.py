@@ -67,6 +67,18 @@ def _metric_rows(evaluation: dict, registry: dict) -> list[str]:
     return rows
 
 
+def _train_protocol_lines(evaluation: dict) -> list[str]:
+    """evaluate.train_statistics: FID (and sFID) against the training set, as the papers report them."""
+    lines = []
+    for space in ("inception", "domain"):
+        m = evaluation.get(space, {}).get("train")
+        if m:
+            sfid = f", sFID {m['sfid']:.4g}" if "sfid" in m else ""
+            lines.append(f"Against the {m['n_reference']} training images' statistics ({space}, the papers' "
+                         f"protocol): FID {m['fid']:.4g}{sfid} with N = {m['n_samples']} samples.")
+    return [*lines, ""] if lines else []
+
+
 def _likelihood_lines(nll: dict, timesteps: int) -> list[str]:
     """The NLL bound of evaluate.json, with its parts and how it was estimated."""
     if not nll:
@@ -213,6 +225,7 @@ def render_markdown(*, params: dict, data_meta: dict, metrics: dict[str, dict], 
         "| metric | feature space | N (samples vs held-out) | value | data floor | champion |",
         "|---|---|---|---|---|---|",
         *_metric_rows(evaluation, registry), "",
+        *_train_protocol_lines(evaluation),
         "Feature spaces: " + "; ".join(f"**{k}** = {md_text(v)}" for k, v in spaces.items()) + ". "
         f"The domain classifier scores {_fmt(clf.get('test_accuracy'))} accuracy on the {_fmt(clf.get('n_test'))} "
         "held-out images. The data floor is the same metric between real training images and the held-out "
