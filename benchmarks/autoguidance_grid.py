@@ -122,7 +122,7 @@ def main() -> None:
             kept[own][min(args.every * (len(kept[own]) + 1), cfg.train.steps)] = copy.deepcopy(model.state_dict())
             return {"fid": float("nan"), "confident": float("nan")}
 
-        split = load_split(args.workspace / "data/prepared/train.npz")
+        split = load_split(args.workspace / "data/prepared/train")
         averaging = keeping_other_lengths(args.ema_lengths, args.every, cfg.train.steps, kept)
         with mock.patch("ddpm.train.AveragedModel", averaging):
             result = train(cfg, split.images, labels=split.labels, probe=keep_ema, progress=False)

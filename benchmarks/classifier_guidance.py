@@ -76,7 +76,7 @@ def main() -> None:
         if args.noisy_classifier.is_file():
             classifier = load_noisy_classifier(args.noisy_classifier, trained.diffusion)
         else:
-            train, test = load_split(ws / "data/prepared/train.npz"), load_split(ws / "data/prepared/test.npz")
+            train, test = load_split(ws / "data/prepared/train"), load_split(ws / "data/prepared/test")
             t0 = time.perf_counter()
             fit = train_noisy_classifier(train.images, train.labels, cfg.noisy_classifier, diffusion, num_classes=10,
                                          seed=cfg.seed, progress=False)

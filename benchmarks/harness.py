@@ -169,7 +169,7 @@ def score(images, workspace: Path, cfg, space_name: str) -> dict:
     from ddpm.evaluation.feature_spaces import domain_space, extract, inception_space
     from ddpm.evaluation.scores import Reference, coverage, evaluate_space
 
-    test = load_split(workspace / "data/prepared/test.npz")
+    test = load_split(workspace / "data/prepared/test")
     ref = Reference.load(workspace / f"data/reference/{space_name}.npz")
     space = domain_space(workspace / "models/classifier.pt") if space_name == "domain" else inception_space()
     t0 = time.perf_counter()

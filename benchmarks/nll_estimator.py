@@ -39,7 +39,7 @@ def main() -> None:
     cfg = load_config(args.workspace / "params.yaml")
     ema, _, trained = load_ema_weights(args.checkpoint)
     diffusion = GaussianDiffusion.from_config(trained)
-    test = load_split(args.workspace / "data/prepared/test.npz")
+    test = load_split(args.workspace / "data/prepared/test")
     x0 = to_model_input(torch.from_numpy(test.images[:args.images]))
     labels = torch.from_numpy(test.labels[:args.images]) if ema.num_classes else None
     model = ema if labels is None else (lambda x_t, t: ema(x_t, t, labels))

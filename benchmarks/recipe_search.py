@@ -52,9 +52,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     cfg = harness.config("default", args.overrides)
-    split = load_split(args.workspace / "data/prepared/train.npz")
+    split = load_split(args.workspace / "data/prepared/train")
     probe = TrainingProbe(load_classifier(args.workspace / "models/classifier.pt"),
-                          load_split(args.workspace / "data/prepared/test.npz").images,
+                          load_split(args.workspace / "data/prepared/test").images,
                           num_samples=cfg.train.eval_samples, steps=cfg.train.eval_steps,
                           confidence=cfg.evaluate.confidence, seed=cfg.seed)
     row = {"name": args.name, "overrides": args.overrides, "samplers": {}}
@@ -71,7 +71,7 @@ def main() -> None:
     diffusion = GaussianDiffusion.from_config(trained)
     if args.nll:
         images, terms = (int(v) for v in args.nll.split(":"))
-        test = load_split(args.workspace / "data/prepared/test.npz")
+        test = load_split(args.workspace / "data/prepared/test")
         t0 = time.perf_counter()
         row["nll"] = dataset_bits_per_dim(ema, diffusion, test.images[:images],
                                           test.labels[:images] if ema.num_classes else None, terms=terms,

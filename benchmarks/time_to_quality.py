@@ -201,7 +201,7 @@ def main() -> None:
 
     cfg = harness.config("mnist-uncond", args.overrides)  # the default, unconditional as the peers are
     cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, num_samples=args.samples))
-    images = load_split(args.workspace / "data/prepared/train.npz").images
+    images = load_split(args.workspace / "data/prepared/train").images
     rows: list[dict] = []
 
     def scored(name: str, samples: np.ndarray, info: dict, inception: bool) -> None:

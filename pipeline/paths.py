@@ -5,8 +5,8 @@ from pathlib import Path
 PARAMS = Path("params.yaml")
 
 PREPARED = Path("data/prepared")
-TRAIN_SPLIT = PREPARED / "train.npz"
-TEST_SPLIT = PREPARED / "test.npz"
+TRAIN_SPLIT = PREPARED / "train"  # images.npy (memory-mapped), labels.npy, class_names.json
+TEST_SPLIT = PREPARED / "test"
 DATA_META = PREPARED / "meta.json"
 
 CLASSIFIER = Path("models/classifier.pt")

@@ -1,4 +1,5 @@
-"""Stage prepare: source images -> data/prepared/{train,test}.npz + meta.json."""
+"""Stage prepare: source images -> data/prepared/{train,test}/ + meta.json. Each split is images.npy (uncompressed,
+so that the later stages memory-map it and read batches without loading the set), labels.npy, class_names.json."""
 
 from ddpm.config import Config
 from ddpm.data import check_num_classes, describe, load_splits, save_split

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from ddpm.config.training import DataConfig
+from ddpm.batches import read_images
 from ddpm.data import floor_indices, load_split, load_splits, save_split, stratified_split
 from ddpm.errors import DataError
 
@@ -63,14 +64,30 @@ def test_size_and_channel_mismatch_name_the_key(tmp_path):
         load_splits(DataConfig(channels=3), seed=0)
 
 
-def test_split_round_trips_through_npz(tmp_path):
+def test_a_split_round_trips_and_is_read_from_disk_a_batch_at_a_time(tmp_path):
     splits = stratified_split(load_splits(DataConfig(limit=100), seed=0).train, 0.5, seed=0)
-    save_split(tmp_path / "x.npz", splits.train)
-    back = load_split(tmp_path / "x.npz")
+    save_split(tmp_path / "x", splits.train)
+    back = load_split(tmp_path / "x")
+    assert isinstance(back.images, np.memmap)  # not loaded: the later stages read what they use
     np.testing.assert_array_equal(back.images, splits.train.images)
+    np.testing.assert_array_equal(back.labels, splits.train.labels)
     assert back.class_names == splits.train.class_names
+    idx = np.array([7, 0, 7, len(back) - 1, 3])
+    batch = read_images(back.images, idx)  # pread, image by image
+    np.testing.assert_array_equal(batch.numpy(), splits.train.images[idx])
+    np.testing.assert_array_equal(read_images(splits.train.images, idx).numpy(), splits.train.images[idx])
     with pytest.raises(DataError, match="run the prepare stage first"):
-        load_split(tmp_path / "missing.npz")
+        load_split(tmp_path / "missing")
+
+
+def test_a_truncated_split_is_one_line_naming_the_fix(tmp_path):
+    splits = stratified_split(load_splits(DataConfig(limit=100), seed=0).train, 0.5, seed=0)
+    save_split(tmp_path / "x", splits.train)
+    images = load_split(tmp_path / "x").images
+    with open(tmp_path / "x/images.npy", "r+b") as f:  # the file shrinks under the map, as a bad copy would leave it
+        f.truncate(images.offset + 10 * images[0].nbytes)
+    with pytest.raises(OSError, match="ended before image 20: re-run the prepare stage"):
+        read_images(images, np.array([1, 20]))
 
 
 def test_every_prefix_of_the_floor_images_is_a_random_subset():

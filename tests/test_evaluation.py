@@ -198,7 +198,7 @@ def test_the_evaluate_stage_measures_in_the_inception_space(tmp_path):
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     for stage in ("prepare", "classifier", "reference"):
         run([sys.executable, "-m", f"pipeline.{stage}"], cwd=project)
-    samples = noisy(load_split(project / "data/prepared/train.npz").images[:24], 0.3)
+    samples = noisy(load_split(project / "data/prepared/train").images[:24], 0.3)
     (project / "samples").mkdir()
     np.savez(project / "samples/samples.npz", images=samples)
     run([sys.executable, "-m", "pipeline.evaluate"], cwd=project)

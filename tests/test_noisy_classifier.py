@@ -111,7 +111,7 @@ BAD = [
     ({"sample": {"classifier_scale": -1.0}}, r"sample\.classifier_scale = -1\.0 is out of range: expected a finite"),
     ({"sample": {"classifier_scale": math.inf}}, r"sample\.classifier_scale = inf must be a finite number"),
     ({"sweep": {"classifier_scales": [1.0, -2.0]}}, r"sweep\.classifier_scales = \[1\.0, -2\.0\] is out of range"),
-    ({"noisy_classifier": {"lr": 0.0}}, r"noisy_classifier\.lr = 0\.0 is out of range: expected > 0"),
+    ({"noisy_classifier": {"lr": 0.0}}, r"noisy_classifier\.lr = 0\.0 is out of range: expected in \(0, 1\]"),
     ({"noisy_classifier": {"epochs": 0}}, r"noisy_classifier\.epochs = 0 is out of range: expected >= 1"),
     ({"noisy_classifier": {"norm_groups": 5}}, r"noisy_classifier\.norm_groups = 5 is out of range: expected a div"),
     ({"noisy_classifier": {"attention_resolutions": [5]}, "sweep": {"classifier_scales": [1.0]}},

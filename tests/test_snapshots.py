@@ -87,7 +87,9 @@ def workspace(ready, tmp_path, monkeypatch) -> Path:
 def reverse_the_training_images() -> None:
     """New images, as many as before: the batch order a snapshot holds would index into other data."""
     split = load_split(paths.TRAIN_SPLIT)
-    save_split(paths.TRAIN_SPLIT, Dataset(split.images[::-1].copy(), split.labels[::-1].copy(), split.class_names))
+    reversed_split = Dataset(split.images[::-1].copy(), split.labels[::-1].copy(), split.class_names)
+    shutil.rmtree(paths.TRAIN_SPLIT)  # a split is a folder: prepare writes a new one
+    save_split(paths.TRAIN_SPLIT, reversed_split)
 
 
 def edit_the_code() -> None:

@@ -62,7 +62,7 @@ def test_failed_prepare_keeps_the_previous_output(project, tmp_path):
 
 
 def test_stages_out_of_order_say_what_to_run(project):
-    assert_one_line_error(stage(project, "train"), "data/prepared/train.npz not found", "dvc repro prepare")
+    assert_one_line_error(stage(project, "train"), "data/prepared/train not found", "dvc repro prepare")
     assert_one_line_error(stage(project, "sample"), "models/checkpoint.pt not found", "dvc repro train")
 
 

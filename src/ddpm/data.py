@@ -12,6 +12,7 @@ Sources:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import warnings
@@ -236,18 +237,23 @@ def describe(cfg: DataConfig, seed: int, splits: Splits) -> dict[str, Any]:
 
 
 def save_split(path: Path, ds: Dataset) -> None:
-    from ddpm.io import save_npz
-
-    save_npz(path, images=ds.images, labels=ds.labels, class_names=np.asarray(ds.class_names))
+    """A split as a folder: images.npy (uint8 NHWC, uncompressed, so that it can be memory-mapped and read image
+    by image), labels.npy and class_names.json."""
+    path.mkdir()
+    np.save(path / "images.npy", np.ascontiguousarray(ds.images))
+    np.save(path / "labels.npy", np.asarray(ds.labels, dtype=np.int64))
+    (path / "class_names.json").write_text(json.dumps(ds.class_names))
 
 
 def load_split(path: str | Path) -> Dataset:
+    """A prepared split, its images memory-mapped copy-on-write (read as they are used, writable in memory, never
+    written back; ddpm.batches.read_images reads training batches without mapping them), its labels in memory."""
     path = Path(path)
-    if not path.is_file():
+    if not (path / "images.npy").is_file():
         raise DataError(f"{path} not found: run the prepare stage first (dvc repro prepare)")
     try:
-        with np.load(path) as z:
-            return Dataset(z["images"], z["labels"], [str(c) for c in z["class_names"]])
+        return Dataset(np.load(path / "images.npy", mmap_mode="c"), np.load(path / "labels.npy"),
+                       json.loads((path / "class_names.json").read_text()))
     except (OSError, KeyError, ValueError) as exc:
         raise DataError(f"{path} is unreadable ({exc.__class__.__name__}): re-run the prepare stage") from None
 

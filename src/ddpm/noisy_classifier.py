@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ddpm.batches import read_images
 from ddpm.config.groups import NoisyClassifierConfig
 from ddpm.data import to_model_input
 from ddpm.diffusion import GaussianDiffusion
@@ -86,8 +87,8 @@ def train_noisy_classifier(images: np.ndarray, labels: np.ndarray, cfg: NoisyCla
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = NoisyClassifier(cfg, images.shape[1], images.shape[-1], num_classes).to(device)
-    x_all, y_all = to_model_input(torch.from_numpy(images)), torch.as_tensor(labels, dtype=torch.long)
-    per_epoch = max(1, math.ceil(len(x_all) / cfg.batch_size))
+    y_all = torch.as_tensor(labels, dtype=torch.long)
+    per_epoch = max(1, math.ceil(len(images) / cfg.batch_size))
     total = cfg.epochs * per_epoch
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
@@ -97,10 +98,10 @@ def train_noisy_classifier(images: np.ndarray, labels: np.ndarray, cfg: NoisyCla
     bar = tqdm(total=min(total, max_steps or total), desc="noisy classifier", disable=not progress,
                dynamic_ncols=True)
     for _ in range(cfg.epochs):
-        perm, running, seen = torch.randperm(len(x_all), generator=gen), 0.0, 0
+        perm, running, seen = torch.randperm(len(images), generator=gen), 0.0, 0
         for i in range(per_epoch):
             idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            x0, y = x_all[idx], y_all[idx]
+            x0, y = to_model_input(read_images(images, idx.numpy())), y_all[idx]  # the data set stays on disk
             t = torch.randint(0, diffusion.num_timesteps, (len(idx),), generator=gen)
             noise = torch.randn(x0.shape, generator=gen)
             x_t = diffusion.q_sample(x0, t, noise).to(device)

@@ -23,7 +23,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from ddpm.batches import BatchSampler
+from ddpm.batches import BatchSampler, read_images
 from ddpm.checkpoints import CHECKPOINT_FORMAT
 from ddpm.config import Config
 from ddpm.data import check_num_classes, to_model_input
@@ -32,7 +32,14 @@ from ddpm.ema import ema_beta, power_ema_gamma
 from ddpm.errors import ConfigError
 from ddpm.guidance import drop_labels
 from ddpm.interrupts import TrainingInterrupted, stop_requests
-from ddpm.runtime import autocast_dtype, distributed_from_env, gather_batch, global_mean, init_distributed, resolve_device
+from ddpm.runtime import (
+    autocast_dtype,
+    distributed_from_env,
+    gather_batch,
+    global_mean,
+    init_distributed,
+    resolve_device,
+)
 from ddpm.snapshots import SnapshotStore
 from ddpm.timesteps import timestep_sampler
 from ddpm.unet import UNet, count_parameters
@@ -108,8 +115,7 @@ def train(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    n, h, w, c = images.shape
-    data = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    n, h, w, c = images.shape  # read a batch at a time (ddpm.batches.read_images): a prepared split stays on disk
     num_classes = cfg.model.num_classes
     if num_classes:
         check_num_classes(num_classes, labels)
@@ -192,8 +198,10 @@ def train(
             t0 = time.perf_counter()
             # Every rank draws the whole global batch (indices, flips, t, noise) from identically seeded
             # generators and keeps its own slice, so N processes see exactly one process's batches.
-            idx = sampler.next()[local].to(device)
-            x0 = to_model_input(data[idx])
+            idx = sampler.next()[local]
+            batch = read_images(images, idx.numpy())
+            x0 = to_model_input((batch.pin_memory() if device.type == "cuda" else batch).to(device, non_blocking=True))
+            idx = idx.to(device)
             if tc.hflip:
                 flip = (torch.rand(tc.batch_size, generator=flip_gen) < 0.5)[local]
                 x0 = torch.where(flip.to(device)[:, None, None, None], x0.flip(3), x0)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ddpm.batches import read_images
 from ddpm.config.groups import ClassifierConfig
 from ddpm.errors import CheckpointError
 
@@ -60,17 +61,17 @@ def train_classifier(
     gen = torch.Generator().manual_seed(seed)
     num_classes = int(labels.max()) + 1
     model = DomainClassifier(images.shape[-1], num_classes, cfg.width)
-    x_all, y_all = _to_input(images), torch.as_tensor(labels, dtype=torch.long)
-    steps_per_epoch = max(1, len(x_all) // cfg.batch_size)
+    y_all = torch.as_tensor(labels, dtype=torch.long)
+    steps_per_epoch = max(1, len(images) // cfg.batch_size)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
     model.train()
     bar = tqdm(total=cfg.epochs * steps_per_epoch, desc="classifier", disable=not progress, dynamic_ncols=True)
     for _ in range(cfg.epochs):
-        perm = torch.randperm(len(x_all), generator=gen)
+        perm = torch.randperm(len(images), generator=gen)
         for i in range(steps_per_epoch):
             idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            x = x_all[idx]
+            x = _to_input(read_images(images, idx.numpy()))  # a batch at a time: the data set stays on disk
             shift = torch.randint(-2, 3, (2,), generator=gen).tolist()
             x = torch.roll(x, shifts=shift, dims=(2, 3))
             loss = F.cross_entropy(model(x), y_all[idx])
