@@ -118,3 +118,21 @@ def test_sigterm_to_torchrun_stops_every_rank_with_one_snapshot_and_it_resumes(t
     resumed = train(long_cfg, load_splits(CFG.data, seed=0).train.images, snapshots=store, progress=False,
                     max_steps=step + 2)
     assert resumed.step == step + 2
+
+
+def test_on_gpus_each_rank_takes_its_local_gpu_and_joins_nccl(monkeypatch):
+    """The NCCL branch up to device selection, on a machine without a GPU: rank 3 (local rank 1) of 4 sets
+    cuda:1 as its device and asks for the NCCL backend; on CPUs the same call asks for gloo."""
+    import torch.distributed as dist
+
+    from ddpm.runtime import Distributed, init_distributed
+
+    chosen, backends = [], []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", backends.append)
+    rank = Distributed(rank=3, world_size=4, local_rank=1)
+    assert init_distributed(rank, torch.device("cuda")) == torch.device("cuda", 1)
+    assert chosen == [torch.device("cuda", 1)] and backends == ["nccl"]
+    assert init_distributed(rank, torch.device("cpu")) == torch.device("cpu") and backends == ["nccl", "gloo"]
+    assert init_distributed(Distributed(), torch.device("cuda")) == torch.device("cuda") and len(backends) == 2
