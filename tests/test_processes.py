@@ -34,7 +34,7 @@ def one_process(tmp_path_factory):
     save_checkpoint(project / "models/checkpoint.pt",
                     train(CFG, load_splits(CFG.data, seed=0).train.images, progress=False, max_steps=2).checkpoint)
     for stage in ("prepare", "classifier", "sample", "reference", "evaluate"):
-        run([sys.executable, "-m", f"pipeline.{stage}"], cwd=project)
+        run(["env", "OMP_NUM_THREADS=1", sys.executable, "-m", f"pipeline.{stage}"], cwd=project)
     return project, {stage: (project / out).read_bytes() for stage, out in OUTPUTS.items()}
 
 
@@ -43,7 +43,9 @@ def one_process(tmp_path_factory):
 def test_two_processes_write_the_bytes_of_one(one_process, stage):
     project, written = one_process
     (project / OUTPUTS[stage]).unlink()
-    proc = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+    # one thread a process, as torchrun sets it: float sums split over threads in another order
+    proc = run(["env", "OMP_NUM_THREADS=1", sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                "--master_addr=127.0.0.1",
                 f"--master_port={free_port()}", "-m", f"pipeline.{stage}"], cwd=project)
     assert (project / OUTPUTS[stage]).read_bytes() == written[stage]
     if stage == "sample":  # 11 images: batches 0-2 and 6-8 for rank 0, 3-5 and 9-10 for rank 1

@@ -23,7 +23,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from ddpm.errors import UserError
+from ddpm.errors import DataError, UserError
 from pipeline.flows.artifacts import publish_artifacts
 from pipeline.flows.data_check import data_checksums, short
 from pipeline.flows.dvc_bridge import StageDiverged, StageInputError, dvc_stages, run_stage
@@ -96,7 +96,10 @@ def retrain(overrides: list[str] | None = None, force: list[str] | None = None, 
         if unknown:
             raise UserError(f"force names unknown stage {unknown[0]!r}: choose from {', '.join(names)}")
         if "prepare" in names and "prepare" not in force:  # DVC does not hash the data source
-            prepared, source = data_checksums(root)
+            try:
+                prepared, source = data_checksums(root)
+            except DataError:  # prepare itself reports a source it cannot read, as its stage's one line
+                prepared, source = None, {"unreadable": "source"}
             if prepared != source:
                 logger.info("the data source (%s) differs from data/prepared/meta.json (%s): prepare re-runs",
                             short(source), short(prepared))
