@@ -89,11 +89,12 @@ def evaluate(cfg: Config) -> dict:
         t0 = time.perf_counter()
         metrics["nll"] = nll = likelihood(cfg, test, device, processes)
         timing["nll_s"] = time.perf_counter() - t0
+        if processes.is_main:
+            log.info("NLL %.4f ± %.4f bits/dim on %d held-out images (prior %.4f, KL terms %.4f from %d per "
+                     "image, decoder %.4f) in %.1f s", nll["bits_per_dim"], nll["standard_error"], nll["n"],
+                     nll["prior"], nll["kl"], nll["terms"], nll["decoder"], timing["nll_s"])
     if not processes.is_main:
         return timing
-        log.info("NLL %.4f ± %.4f bits/dim on %d held-out images (prior %.4f, KL terms %.4f from %d per image, "
-                 "decoder %.4f) in %.1f s", nll["bits_per_dim"], nll["standard_error"], nll["n"], nll["prior"],
-                 nll["kl"], nll["terms"], nll["decoder"], timing["nll_s"])
     write_json(paths.EVALUATE_METRICS, metrics)
     if "coverage" in metrics:
         c = metrics["coverage"]
